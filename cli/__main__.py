@@ -1,0 +1,3 @@
+from synthfed.cli.app import main
+
+main()

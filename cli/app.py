@@ -1,0 +1,190 @@
+"""The ``synthfed`` command line: option parsing and rendering only.
+
+Every value is validated here (``TrainConfig.validate``) so that the core can
+trust its inputs; a bad value ends the command with one line on stderr and
+exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from synthfed.cli.render import RichProgress
+from synthfed.config import ConfigError, TrainConfig
+from synthfed.data import DataError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Federated, differentially private diffusion models that release shareable synthetic image datasets.",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def parse_participation(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        fail(f"--participation must be a fraction like 0.5 or a count like 3, not {text!r}")
+    return value
+
+
+@app.command()
+def train(
+    data: str = typer.Option("digits", help="Data source: digits | fashion-mnist[:DIR] | idx:IMAGES,LABELS | folder:DIR | csv:FILE; with --partition folders, a folder of per-client folders."),
+    out_dir: Path = typer.Option(Path("runs/run"), "--out", help="Run directory (checkpoints, run.json, ledger)."),
+    strategy: str = typer.Option("fedavg", help="fedavg | centralized (pooled data, same compute) | local (each client alone)."),
+    clients: int = typer.Option(4, help="Number of clients K to split the data over."),
+    partition: str = typer.Option("dirichlet", help="dirichlet | iid | folders (DATA holds one folder per client)."),
+    alpha: float = typer.Option(0.5, help="Dirichlet concentration: small = very non-IID."),
+    min_partition_size: int = typer.Option(10, help="Smallest number of images a client may get."),
+    rounds: int = typer.Option(5, help="Federated rounds R."),
+    local_epochs: int = typer.Option(1, help="Local epochs E per round."),
+    participation: str = typer.Option("1.0", help="Clients per round: a fraction in (0, 1] or a count."),
+    batch_size: int = typer.Option(32, help="Batch size (expected batch size under DP-SGD)."),
+    lr: float = typer.Option(2e-4, help="Adam learning rate."),
+    ema_decay: float = typer.Option(0.999, help="EMA decay of the weights (0 turns it off)."),
+    label_dropout: float = typer.Option(0.1, help="Probability of dropping the label (classifier-free guidance)."),
+    preset: str = typer.Option("small", help="Model size: tiny | small | paper."),
+    image_size: Optional[int] = typer.Option(None, help="Resize images to this square size (default: the data's own; digits: 16)."),
+    timesteps: int = typer.Option(1000, help="Diffusion steps T of the linear beta schedule."),
+    epsilon: Optional[float] = typer.Option(None, help="Train with DP-SGD so each client's records are (epsilon, delta)-DP."),
+    delta: Optional[float] = typer.Option(None, help="DP delta per client (default 1/(10 n_k))."),
+    max_grad_norm: float = typer.Option(1.0, help="DP-SGD per-example clipping norm C."),
+    noise_multiplicity: int = typer.Option(1, help="DP-SGD: (t, noise) draws averaged per example before clipping."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast; clipping stays fp32)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    seed: int = typer.Option(0, help="Seed of the partition, initialisation and every draw."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last complete round (other options are ignored)."),
+) -> None:
+    """Train a class-conditional DDPM across clients without moving their images."""
+    from synthfed.train import train as run_train
+
+    try:
+        if resume is not None:
+            from synthfed.checkpoint import read_run_file
+
+            config = TrainConfig.from_dict(read_run_file(resume)["config"]).validate()
+            out_dir = resume
+        else:
+            config = TrainConfig(
+                data=data, image_size=image_size, partition=partition, num_clients=clients, alpha=alpha,
+                min_partition_size=min_partition_size, strategy=strategy, rounds=rounds, local_epochs=local_epochs,
+                participation=parse_participation(participation), batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                label_dropout=label_dropout, precision=precision, preset=preset, num_train_timesteps=timesteps,
+                epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, noise_multiplicity=noise_multiplicity,
+                device=device, seed=seed,
+            ).validate()
+        with RichProgress(err) as progress:
+            result = run_train(config, out_dir, resume=resume is not None, progress=progress)
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    last = result.history[-1]
+    out.print(f"trained {result.rounds_completed} rounds; last mean loss {last['mean_loss']}")
+    out.print(f"run directory: {result.run_dir}")
+    out.print(f"latest checkpoint: {result.last_round_dir}")
+
+
+@app.command()
+def generate(
+    model: Path = typer.Argument(..., help="A run directory (its latest round, EMA weights) or a model folder."),
+    out_dir: Path = typer.Option(..., "--out", help="New folder for the PNGs, manifest.csv and grid.png."),
+    per_class: int = typer.Option(10, help="Images per class."),
+    sampler: str = typer.Option("ddim", help="ddim | ddpm (ancestral)."),
+    steps: int = typer.Option(50, help="Sampling steps (DDPM with steps = T is the seed's sampler)."),
+    ddpm_variance: str = typer.Option("fixed_small", help="DDPM sigma^2: fixed_small (beta-tilde) | fixed_large (beta)."),
+    guidance: float = typer.Option(0.0, help="Classifier-free guidance weight w (0 = plain conditional)."),
+    client: Optional[int] = typer.Option(None, help="Sample client i's personalized model."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights instead of the EMA."),
+    batch_size: int = typer.Option(100, help="Images sampled at once."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+) -> None:
+    """Sample a trained model into PNGs with a manifest."""
+    from synthfed.diffusion import DDPM_VARIANCES, SAMPLERS
+    from synthfed.federated.simulation import resolve_device
+    from synthfed.generate import generate_dataset, load_generator
+
+    if per_class < 1:
+        fail("--per-class must be at least 1")
+    if sampler not in SAMPLERS:
+        fail(f"--sampler must be one of {', '.join(SAMPLERS)}")
+    if ddpm_variance not in DDPM_VARIANCES:
+        fail(f"--ddpm-variance must be one of {', '.join(DDPM_VARIANCES)}")
+    if steps < 1 or batch_size < 1 or guidance < 0:
+        fail("--steps and --batch-size must be at least 1 and --guidance non-negative")
+    try:
+        gen = load_generator(model, client=client, use_ema=not no_ema)
+        if steps > gen.schedule.num_train_timesteps:
+            fail(f"--steps must be at most the model's T = {gen.schedule.num_train_timesteps}")
+        with RichProgress(err) as progress:
+            path = generate_dataset(
+                gen, out_dir, per_class=per_class, sampler=sampler, num_steps=steps, guidance_scale=guidance,
+                ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=resolve_device(device),
+                progress=progress,
+            )
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    out.print(f"wrote {per_class * gen.spec.num_classes} images to {path / 'images'}")
+    out.print(f"manifest: {path / 'manifest.csv'}")
+    out.print(f"sample grid: {path / 'grid.png'}")
+    out.print(f"privacy: {gen.privacy['statement']}")
+
+
+@app.command()
+def partition(
+    data: str = typer.Option("digits", help="Data source (as for train)."),
+    clients: int = typer.Option(4, help="Number of clients."),
+    scheme: str = typer.Option("dirichlet", help="dirichlet | iid | folders."),
+    alpha: float = typer.Option(0.5, help="Dirichlet concentration."),
+    min_partition_size: int = typer.Option(10, help="Smallest client."),
+    seed: int = typer.Option(0, help="Partition seed."),
+    save: Optional[Path] = typer.Option(None, help="Also write the table as CSV here."),
+) -> None:
+    """Print the class counts per client of a partition."""
+    from synthfed.train import load_federated_data
+
+    try:
+        config = TrainConfig(
+            data=data, num_clients=clients, partition=scheme, alpha=alpha, min_partition_size=min_partition_size, seed=seed
+        ).validate()
+        fed = load_federated_data(config)
+    except (ConfigError, DataError, ValueError) as exc:
+        fail(str(exc))
+    stats = fed.stats()
+    table = Table(title=fed.description)
+    table.add_column("client")
+    for col in stats.columns:
+        table.add_column(str(col), justify="right")
+    for name, row in stats.iterrows():
+        table.add_row(str(name), *(str(int(v)) for v in row))
+    out.print(table)
+    if save is not None:
+        stats.to_csv(save)
+        out.print(f"saved {save}")
+
+
+def register_subcommands() -> None:
+    from synthfed.cli.privacy_cmds import privacy_app
+
+    app.add_typer(privacy_app, name="privacy")
+
+
+def main() -> None:
+    register_subcommands()
+    app(prog_name="synthfed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

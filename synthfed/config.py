@@ -1,0 +1,122 @@
+"""Run configuration: one frozen dataclass, validated once at the edge.
+
+The CLI (or a config file) builds a ``TrainConfig`` and calls ``validate()``;
+the core then trusts it. ``run.json`` stores ``to_dict()`` so that a resumed
+run is the run that was started."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from synthfed.diffusion.schedule import NoiseSchedule
+from synthfed.model.presets import PRESETS
+
+STRATEGIES = ("fedavg", "centralized", "local")
+PARTITIONS = ("dirichlet", "iid", "folders")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """An option value that cannot work; the message names the option."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    data: str = "digits"
+    image_size: int | None = None  # None: the dataset's own size
+    partition: str = "dirichlet"
+    num_clients: int = 4
+    alpha: float = 0.5
+    min_partition_size: int = 10
+    # federated plan
+    strategy: str = "fedavg"
+    rounds: int = 5
+    local_epochs: int = 1
+    participation: float = 1.0  # a fraction in (0, 1], or a whole count of clients > 1
+    # optimisation
+    batch_size: int = 32
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    precision: str = "fp32"
+    # model and diffusion
+    preset: str = "small"
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    # differential privacy (DP-SGD); epsilon None = not private
+    epsilon: float | None = None
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    noise_multiplicity: int = 1
+    # execution
+    device: str = "auto"
+    seed: int = 0
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(
+            num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start, beta_end=self.beta_end
+        )
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon is not None
+
+    def clients_per_round(self, num_clients: int) -> int:
+        if self.participation > 1:
+            return min(num_clients, int(self.participation))
+        return max(1, round(self.participation * num_clients))
+
+    def validate(self) -> "TrainConfig":
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise ConfigError(message)
+
+        need(self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}")
+        need(self.partition in PARTITIONS, f"--partition must be one of {', '.join(PARTITIONS)}")
+        need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
+        need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}")
+        need(self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}")
+        need(self.num_clients >= 1, "--clients must be at least 1")
+        need(self.alpha > 0, "--alpha must be positive")
+        need(self.min_partition_size >= 1, "--min-partition-size must be at least 1")
+        need(self.rounds >= 1, "--rounds must be at least 1")
+        need(self.local_epochs >= 1, "--local-epochs must be at least 1")
+        need(self.participation > 0, "--participation must be a fraction in (0, 1] or a count >= 1")
+        need(
+            self.participation <= 1 or float(self.participation).is_integer(),
+            "--participation above 1 is a count of clients and must be a whole number",
+        )
+        need(self.batch_size >= 1, "--batch-size must be at least 1")
+        need(0 < self.lr < 1, "--lr must be in (0, 1)")
+        need(0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")
+        need(0 <= self.label_dropout < 1, "--label-dropout must be in [0, 1)")
+        need(self.image_size is None or self.image_size >= 4, "--image-size must be at least 4")
+        need(self.num_train_timesteps >= 2, "--timesteps must be at least 2")
+        need(0 < self.beta_start < self.beta_end < 1, "need 0 < beta-start < beta-end < 1")
+        need(self.noise_multiplicity >= 1, "--noise-multiplicity must be at least 1")
+        need(self.max_grad_norm > 0, "--max-grad-norm must be positive")
+        need(self.epsilon is None or self.epsilon > 0, "--epsilon must be positive")
+        need(self.delta is None or 0 < self.delta < 1, "--delta must be in (0, 1)")
+        need(self.delta is None or self.epsilon is not None, "--delta needs --epsilon")
+        need(
+            self.noise_multiplicity == 1 or self.epsilon is not None,
+            "--noise-multiplicity only applies to DP-SGD (give --epsilon)",
+        )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return replace(self, **changes)

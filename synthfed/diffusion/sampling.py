@@ -1,0 +1,84 @@
+"""Class-conditional sampling loops on diffusers schedulers.
+
+``DDPMPipeline`` does not pass class labels, so the loop is ours; the update
+rules are the schedulers' (DDPM ancestral with σ² = β̃ or β, DDIM with η).
+The loop takes an ``EpsFn`` rather than a model so that a sampler can hand
+over between denoisers by timestep (PFDM: shared model for t > t0, the
+client's own model below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from synthfed.diffusion.schedule import SAMPLERS, NoiseSchedule
+
+EpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, int], None]
+
+
+def model_eps_fn(model: nn.Module, *, guidance_scale: float = 0.0, null_label: int | None = None) -> EpsFn:
+    """ε(x, t, y) of one model, with classifier-free guidance when scale > 0:
+    ε = (1 + w) ε(x, y) − w ε(x, ∅)."""
+    if guidance_scale > 0 and null_label is None:
+        raise ValueError("classifier-free guidance needs the model's null label")
+
+    def eps(x: torch.Tensor, t: int, labels: torch.Tensor) -> torch.Tensor:
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        if guidance_scale <= 0:
+            return model(x, tt, class_labels=labels).sample
+        both = model(
+            torch.cat([x, x]),
+            torch.cat([tt, tt]),
+            class_labels=torch.cat([labels, torch.full_like(labels, null_label)]),
+        ).sample
+        cond, uncond = both.chunk(2)
+        return (1 + guidance_scale) * cond - guidance_scale * uncond
+
+    return eps
+
+
+@torch.no_grad()
+def sample(
+    eps_fn: EpsFn,
+    *,
+    labels: torch.Tensor,
+    image_shape: tuple[int, int, int],
+    schedule: NoiseSchedule,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    ddpm_variance: str = "fixed_small",
+    generator: torch.Generator | None = None,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Images in [-1, 1], shape (len(labels), *image_shape).
+
+    ``num_steps`` for DDPM may be below T (diffusers then strides the chain);
+    the seed's ancestral sampler is ``sampler="ddpm", num_steps=T``."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not 1 <= num_steps <= schedule.num_train_timesteps:
+        raise ValueError(f"num_steps must be in [1, {schedule.num_train_timesteps}]")
+    scheduler = schedule.ddim() if sampler == "ddim" else schedule.ddpm(variance_type=ddpm_variance)
+    scheduler.set_timesteps(num_steps)
+    device = labels.device
+    x = torch.randn((labels.shape[0], *image_shape), generator=generator, device=device)
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        eps = eps_fn(x, int(t), labels).float()
+        if sampler == "ddim":
+            x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
+        else:
+            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        if on_step is not None:
+            on_step(i + 1, len(timesteps))
+    return x.clamp(-1.0, 1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats to uint8 pixels."""
+    return ((images.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)

@@ -1,0 +1,177 @@
+"""One client's local training: the code every engine runs on a client.
+
+``client_update`` takes the model state the client starts from, trains it on
+the client's own tensors for a few epochs with Adam, and returns the new state
+and EMA. How batches are formed and how a step turns per-example losses into
+an update is the ``Stepper``'s business: plain mini-batch Adam here, DP-SGD
+(Poisson sampling, per-example clipping, Gaussian noise) in
+``synthfed.privacy.dp_sgd``. The loss is always computed per example."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from synthfed.diffusion.ema import ema_decay, ema_update
+from synthfed.diffusion.loss import draw_rows, drop_labels, rows_loss
+from synthfed.federated.strategy import State
+from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
+
+RowsLossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """What a client does in one round (the same for every client of a run)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    label_dropout: float
+    null_label: int
+    ema_decay: float
+    precision: str = "fp32"
+    multiplicity: int = 1
+    timestep_range: tuple[int, int] | None = None
+
+
+@dataclass
+class LocalUpdate:
+    state: State
+    ema: State
+    ema_step: int
+    num_examples: int
+    metrics: dict = field(default_factory=dict)
+    mechanisms: list = field(default_factory=list)  # privacy mechanisms that actually ran
+
+
+class Stepper(Protocol):
+    """Forms batches and applies one optimizer step from per-row losses."""
+
+    def steps_per_epoch(self, n: int) -> int: ...
+
+    def batch_indices(self, n: int, generator: torch.Generator) -> Iterator[torch.Tensor]: ...
+
+    def step(self, rows_loss_fn: RowsLossFn, x: torch.Tensor, y: torch.Tensor) -> float: ...
+
+    def mechanisms(self, steps: int) -> list: ...
+
+    def close(self) -> None: ...
+
+
+class PlainStepper:
+    """Non-private mini-batch Adam over a shuffled epoch (the seed's client)."""
+
+    def __init__(self, model: nn.Module, *, lr: float, batch_size: int) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def steps_per_epoch(self, n: int) -> int:
+        return math.ceil(n / self.batch_size)
+
+    def batch_indices(self, n: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        order = torch.randperm(n, generator=generator)
+        yield from order.split(self.batch_size)
+
+    def step(self, rows_loss_fn: RowsLossFn, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        rows, _ = rows_loss_fn(x, y)
+        loss = rows.mean()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def mechanisms(self, steps: int) -> list:
+        return []
+
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast where asked for; the loss and clipping stay in fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def client_update(
+    model: nn.Module,
+    *,
+    state: State,
+    ema: State,
+    ema_step: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    plan: LocalTraining,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator,
+    device: torch.device,
+    stepper_factory: Callable[[nn.Module], Stepper] | None = None,
+    progress: Progress = null_progress,
+    task_key: str = "epoch",
+) -> LocalUpdate:
+    """Train ``model`` (loaded with ``state``) on (images, labels) for ``plan.epochs``.
+
+    ``images`` are float in [-1, 1] on any device; batches move to ``device``.
+    ``generator`` must live on ``device``: every random draw (batches, t, noise,
+    label dropout) comes from it, which makes a round reproducible from its seed.
+    The returned tensors are CPU copies, so the working model can be reused
+    for the next client at once."""
+    model.load_state_dict(state)
+    model.to(device).train()
+    ema = {k: v.detach().clone().to(device) for k, v in ema.items()}
+    stepper = (stepper_factory or (lambda m: PlainStepper(m, lr=plan.lr, batch_size=plan.batch_size)))(model)
+    acp = alphas_cumprod.to(device)
+    n = images.shape[0]
+
+    def rows_loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        x_rows, y_rows, t, noise = draw_rows(
+            x,
+            y,
+            num_train_timesteps=acp.numel(),
+            multiplicity=plan.multiplicity,
+            generator=generator,
+            timestep_range=plan.timestep_range,
+        )
+        y_rows = drop_labels(y_rows, null_label=plan.null_label, probability=plan.label_dropout, generator=generator)
+        with autocast_context(plan.precision, device):
+            rows = rows_loss(model, x_rows, y_rows, t, noise, acp)
+        return rows.float(), plan.multiplicity
+
+    steps = 0
+    losses: list[float] = []
+    per_epoch = stepper.steps_per_epoch(n)
+    try:
+        for epoch in range(plan.epochs):
+            progress(TaskStarted(task_key, f"epoch {epoch + 1}/{plan.epochs}", per_epoch))
+            for idx in stepper.batch_indices(n, generator):
+                x = images[idx.to(images.device)].to(device)
+                y = labels[idx.to(labels.device)].to(device)
+                loss = stepper.step(rows_loss_fn, x, y)
+                steps += 1
+                if not math.isnan(loss):
+                    losses.append(loss)
+                ema_update(ema, model.state_dict(), decay=ema_decay(plan.ema_decay, ema_step))
+                ema_step += 1
+                progress(TaskAdvanced(task_key, 1, {"loss": loss}))
+            progress(TaskFinished(task_key))
+        mechanisms = stepper.mechanisms(steps)
+    finally:
+        stepper.close()
+    new_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return LocalUpdate(
+        state=new_state,
+        ema={k: v.to("cpu") for k, v in ema.items()},
+        ema_step=ema_step,
+        num_examples=n,
+        metrics={"loss": sum(losses) / len(losses) if losses else float("nan"), "steps": steps},
+        mechanisms=mechanisms,
+    )

@@ -1,0 +1,233 @@
+"""In-process simulation engine: clients run one after another on one machine.
+
+The engine owns the loop, the single working model, checkpoints and resume;
+the algorithm is the ``Strategy`` and the client code is ``client_update``,
+exactly what a Flower deployment calls. Every random draw of round r comes
+from generators seeded by (seed, r[, client]), so a run resumed after round r
+continues exactly as the uninterrupted run would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthfed.checkpoint import (
+    RoundCheckpoint,
+    latest_round_dir,
+    load_round,
+    read_run_file,
+    save_round,
+    write_run_file,
+)
+from synthfed.config import TrainConfig
+from synthfed.data import FederatedData
+from synthfed.federated.client import LocalTraining, client_update
+from synthfed.federated.fedavg import FedAvg
+from synthfed.federated.local import LocalOnly
+from synthfed.federated.strategy import FitResult, Strategy
+from synthfed.model.presets import ModelSpec, build_unet
+from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    rounds_completed: int
+    history: list[dict]
+    last_round_dir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def build_strategy(config: TrainConfig, num_clients: int) -> Strategy:
+    if config.strategy in ("fedavg", "centralized"):
+        return FedAvg(clients_per_round=config.clients_per_round(num_clients))
+    if config.strategy == "local":
+        return LocalOnly(clients_per_round=config.clients_per_round(num_clients))
+    raise ValueError(f"unknown strategy {config.strategy!r}")
+
+
+def model_spec_for(config: TrainConfig, fed: FederatedData) -> ModelSpec:
+    c, h, _ = fed.clients[0].image_shape
+    return ModelSpec(
+        preset=config.preset,
+        image_size=h,
+        channels=c,
+        num_classes=len(fed.class_names),
+        class_names=fed.class_names,
+        schedule=config.schedule().to_dict(),
+    )
+
+
+def _run_info(config: TrainConfig, fed: FederatedData, spec: ModelSpec) -> dict:
+    return {
+        "format": 1,
+        "config": config.to_dict(),
+        "model": spec.to_dict(),
+        "data": fed.description,
+        "clients": [{"id": i, "n": len(c), "fingerprint": c.fingerprint()} for i, c in enumerate(fed.clients)],
+    }
+
+
+def _check_same_data(info: dict, fed: FederatedData) -> None:
+    saved = info["clients"]
+    if len(saved) != len(fed.clients) or any(
+        s["fingerprint"] != c.fingerprint() for s, c in zip(saved, fed.clients)
+    ):
+        raise RuntimeError(
+            "the data given to resume differs from the data the run started with "
+            "(client sizes or contents changed); resume with the same data and seed"
+        )
+
+
+def run_simulation(
+    config: TrainConfig,
+    fed: FederatedData,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    privacy=None,
+    progress: Progress = null_progress,
+    stop_after_round: int | None = None,
+) -> TrainResult:
+    """Train ``config.rounds`` rounds (or until ``stop_after_round``, for tests
+    that simulate a crash) and checkpoint after each one.
+
+    ``privacy`` (``synthfed.privacy.training.PrivateTraining``) turns every
+    client's steps into DP-SGD and keeps the ledger; None trains non-privately."""
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    spec = model_spec_for(config, fed)
+    strategy = build_strategy(config, len(fed.clients))
+    torch.manual_seed(config.seed)
+    model = build_unet(spec)
+    keys = list(model.state_dict().keys())
+    shared_keys = {k for k in keys if strategy.is_shared(k)}
+    local_keys = set(keys) - shared_keys
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    start_round = 1
+    history: list[dict] = []
+    global_state = {k: init[k] for k in shared_keys}
+    global_ema = {k: init[k].clone() for k in shared_keys}
+    local_states = {cid: {k: init[k].clone() for k in local_keys} for cid in range(len(fed.clients))}
+    local_emas = {cid: {k: init[k].clone() for k in local_keys} for cid in range(len(fed.clients))}
+    ema_steps = {cid: 0 for cid in range(len(fed.clients))}
+
+    latest = latest_round_dir(run_dir) if run_dir.exists() else None
+    if latest is not None and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and latest is not None:
+        _check_same_data(read_run_file(run_dir), fed)
+        ckpt = load_round(latest, spec, shared_keys=shared_keys, local_keys=local_keys)
+        start_round = ckpt.server_round + 1
+        history = ckpt.history
+        global_state, global_ema = ckpt.global_state or global_state, ckpt.global_ema or global_ema
+        local_states.update(ckpt.local_states)
+        local_emas.update(ckpt.local_emas)
+        ema_steps.update(ckpt.ema_steps)
+        if privacy is not None:
+            privacy.restore(ckpt.ledger)
+        progress(Message(f"resuming {run_dir} after round {ckpt.server_round}"))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_file(run_dir, _run_info(config, fed, spec))
+
+    plan = LocalTraining(
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        label_dropout=config.label_dropout,
+        null_label=spec.null_label,
+        ema_decay=config.ema_decay,
+        precision=config.precision,
+        multiplicity=config.noise_multiplicity,
+    )
+    tensors = [c.to_tensor() for c in fed.clients]
+    alphas_cumprod = config.schedule().alphas_cumprod()
+    last_round = config.rounds if stop_after_round is None else min(config.rounds, stop_after_round)
+    last_dir = latest
+    progress(TaskStarted("round", "rounds", config.rounds))
+    if start_round > 1:
+        progress(TaskAdvanced("round", start_round - 1))
+    for server_round in range(start_round, last_round + 1):
+        rng = np.random.default_rng([config.seed, server_round])
+        chosen = strategy.configure_fit(server_round=server_round, client_ids=range(len(fed.clients)), rng=rng)
+        results: list[FitResult] = []
+        round_metrics: dict = {"round": server_round, "clients": {}}
+        progress(TaskStarted("client", f"round {server_round}: clients", len(chosen)))
+        for cid in chosen:
+            images, labels = tensors[cid]
+            stepper_factory = None
+            if privacy is not None:
+                if not privacy.may_train(cid, server_round=server_round):
+                    progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
+                    progress(TaskAdvanced("client"))
+                    continue
+                stepper_factory = privacy.stepper_factory(cid)
+            generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
+            update = client_update(
+                model,
+                state={**global_state, **local_states[cid]},
+                ema={**global_ema, **local_emas[cid]},
+                ema_step=ema_steps[cid],
+                images=images,
+                labels=labels,
+                plan=plan,
+                alphas_cumprod=alphas_cumprod,
+                generator=generator,
+                device=device,
+                stepper_factory=stepper_factory,
+                progress=progress,
+            )
+            if privacy is not None:
+                privacy.record(cid, server_round=server_round, mechanisms=update.mechanisms)
+            local_states[cid] = {k: update.state[k] for k in local_keys}
+            local_emas[cid] = {k: update.ema[k] for k in local_keys}
+            ema_steps[cid] = update.ema_step
+            shared = {k: update.state[k] for k in shared_keys}
+            shared.update({f"ema::{k}": update.ema[k] for k in shared_keys})
+            results.append(FitResult(client_id=cid, num_examples=update.num_examples, shared=shared, metrics=update.metrics))
+            round_metrics["clients"][str(cid)] = update.metrics
+            progress(TaskAdvanced("client", 1, {"client": cid, **update.metrics}))
+        progress(TaskFinished("client"))
+        if results and shared_keys:
+            current = {**global_state, **{f"ema::{k}": v for k, v in global_ema.items()}}
+            merged = strategy.aggregate_fit(server_round=server_round, results=results, current=current)
+            global_state = {k: merged[k] for k in shared_keys}
+            global_ema = {k: merged[f"ema::{k}"] for k in shared_keys}
+        losses = [r.metrics["loss"] for r in results if r.metrics["loss"] == r.metrics["loss"]]
+        round_metrics["mean_loss"] = float(np.mean(losses)) if losses else None
+        history.append(round_metrics)
+        last_dir = save_round(
+            run_dir,
+            spec,
+            RoundCheckpoint(
+                server_round=server_round,
+                global_state=global_state,
+                global_ema=global_ema,
+                local_states=local_states if local_keys else {},
+                local_emas=local_emas if local_keys else {},
+                ema_steps=ema_steps,
+                history=history,
+                ledger=privacy.ledger_dict() if privacy is not None else None,
+            ),
+        )
+        progress(TaskAdvanced("round", 1, {"round": server_round, "loss": round_metrics["mean_loss"]}))
+    progress(TaskFinished("round"))
+    if last_dir is None:
+        raise RuntimeError("no round was completed")
+    return TrainResult(run_dir=run_dir, rounds_completed=len(history), history=history, last_round_dir=last_dir)

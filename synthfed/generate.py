@@ -1,0 +1,182 @@
+"""Sampling a trained run into an image dataset on disk.
+
+``load_generator`` resolves what produced the images (a run's global model or
+one client's personalized model, EMA weights by default) and what privacy
+guarantee covers it, straight from the run's ledger; ``generate_dataset``
+writes PNGs, ``manifest.csv`` and a sample grid, and records both."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from synthfed.checkpoint import client_file, latest_round_dir, read_run_file
+from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
+from synthfed.io import write_json_atomic
+from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet, load_model
+from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
+
+
+@dataclass
+class LoadedGenerator:
+    model: torch.nn.Module
+    spec: ModelSpec
+    schedule: NoiseSchedule
+    source: dict = field(default_factory=dict)  # what produced the images, for the manifest and card
+    privacy: dict = field(default_factory=dict)  # privacy status of every producing component
+
+
+def _privacy_status(round_dir: Path | None, client: int | None) -> dict:
+    """Read, never infer: the guarantee is whatever the run's ledger says."""
+    ledger_path = None if round_dir is None else round_dir / "ledger.json"
+    if ledger_path is None or not ledger_path.is_file():
+        return {"differentially_private": False, "statement": "NOT differentially private: trained without DP-SGD"}
+    from synthfed.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger.from_dict(json.loads(ledger_path.read_text()))
+    rows = ledger.table()
+    return {
+        "differentially_private": True,
+        "statement": "each client's records are (epsilon, delta)-DP as listed (DP-SGD; record-level, add/remove)",
+        "clients": rows,
+    }
+
+
+def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool = True) -> LoadedGenerator:
+    """``path`` is a run directory (its latest complete round) or a model folder."""
+    path = Path(path)
+    if (path / MODEL_META_FILE).is_file():
+        model, spec = load_model(path)
+        if client is not None:
+            raise ValueError("--client needs a run directory, not a single model folder")
+        return LoadedGenerator(
+            model=model.eval(),
+            spec=spec,
+            schedule=NoiseSchedule(**spec.schedule),
+            source={"model_dir": str(path)},
+            privacy=_privacy_status(path.parent.parent if path.parent.name == "global" else None, None),
+        )
+    info = read_run_file(path)
+    round_dir = latest_round_dir(path)
+    if round_dir is None:
+        raise FileNotFoundError(f"{path} has no completed round yet")
+    spec = ModelSpec.from_dict(info["model"])
+    which = "ema" if use_ema else "model"
+    global_dir = round_dir / "global" / which
+    clients_dir = round_dir / "clients"
+    personalized = clients_dir.is_dir()
+    if personalized and client is None:
+        raise ValueError(
+            f"run {path} keeps part of each client's model local ({info['config']['strategy']}); "
+            "choose whose model samples with --client"
+        )
+    if client is not None and not personalized:
+        raise ValueError(f"run {path} has one global model; --client does not apply")
+    if global_dir.is_dir():
+        model, _ = load_model(global_dir)
+    else:
+        model = build_unet(spec)
+    source = {"run_dir": str(path), "round": int(round_dir.name.split("-")[1]), "weights": which}
+    if client is not None:
+        local_path = clients_dir / client_file(client)
+        if not local_path.is_file():
+            raise ValueError(f"run {path} has no client {client}")
+        prefix = "ema." if use_ema else "model."
+        tensors = load_file(str(local_path))
+        model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False)
+        source["client"] = client
+    return LoadedGenerator(
+        model=model.eval(),
+        spec=spec,
+        schedule=NoiseSchedule(**spec.schedule),
+        source=source,
+        privacy=_privacy_status(round_dir, client),
+    )
+
+
+def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, *, num_classes: int, per_class: int = 8) -> None:
+    """One row per class, up to ``per_class`` images each (uint8 N×C×H×W)."""
+    c, h, w = images.shape[1:]
+    grid = np.full((num_classes * (h + 2), per_class * (w + 2), c), 255, dtype=np.uint8)
+    for k in range(num_classes):
+        picks = np.flatnonzero(labels == k)[:per_class]
+        for j, i in enumerate(picks):
+            grid[k * (h + 2) + 1 : k * (h + 2) + 1 + h, j * (w + 2) + 1 : j * (w + 2) + 1 + w] = images[i].transpose(1, 2, 0)
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    scale = max(1, 256 // max(grid.shape[:2]))
+    img.resize((img.width * scale * 2, img.height * scale * 2), Image.NEAREST).save(path)
+
+
+def generate_dataset(
+    gen: LoadedGenerator,
+    out_dir: str | Path,
+    *,
+    per_class: int,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    guidance_scale: float = 0.0,
+    ddpm_variance: str = "fixed_small",
+    batch_size: int = 100,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Progress = null_progress,
+) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty; choose a new --out")
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    model = gen.model.to(device)
+    spec = gen.spec
+    labels = torch.arange(spec.num_classes).repeat_interleave(per_class)
+    eps_fn = model_eps_fn(model, guidance_scale=guidance_scale, null_label=spec.null_label)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    shape = (spec.channels, spec.image_size, spec.image_size)
+    batches = labels.split(batch_size)
+    all_images: list[np.ndarray] = []
+    progress(TaskStarted("sample", f"sampling {len(labels)} images ({sampler}, {num_steps} steps)", len(labels)))
+    for batch in batches:
+        x = sample(
+            eps_fn,
+            labels=batch.to(device),
+            image_shape=shape,
+            schedule=gen.schedule,
+            sampler=sampler,
+            num_steps=num_steps,
+            ddpm_variance=ddpm_variance,
+            generator=generator,
+        )
+        all_images.append(to_uint8(x).cpu().numpy())
+        progress(TaskAdvanced("sample", len(batch)))
+    progress(TaskFinished("sample"))
+    images = np.concatenate(all_images)
+    labels_np = labels.numpy()
+    producer = json.dumps(gen.source, sort_keys=True)
+    rows = []
+    for i, (img, y) in enumerate(zip(images, labels_np)):
+        name = f"images/{i:06d}.png"
+        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(out_dir / name)
+        rows.append({"file": name, "label": int(y), "class_name": spec.class_names[y], "model": producer, "seed": seed})
+    with open(out_dir / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    save_grid(images, labels_np, out_dir / "grid.png", num_classes=spec.num_classes, per_class=min(per_class, 10))
+    write_json_atomic(
+        out_dir / "generation.json",
+        {
+            "source": gen.source,
+            "privacy": gen.privacy,
+            "sampler": {"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seed},
+            "count": int(len(labels)),
+            "class_names": list(spec.class_names),
+        },
+    )
+    return out_dir

@@ -1,0 +1,67 @@
+"""From a validated ``TrainConfig`` to a trained run directory.
+
+Loads and splits the data as the config says (the same way on resume, so the
+fingerprints in run.json can be checked), builds the privacy plan when
+``--epsilon`` is given, and hands over to the simulation engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synthfed.config import TrainConfig
+from synthfed.data import FederatedData, load_client_folders, load_source, partition_dataset
+from synthfed.federated.simulation import TrainResult, run_simulation
+from synthfed.progress import Progress, null_progress
+
+
+def load_federated_data(config: TrainConfig) -> FederatedData:
+    """The clients' datasets for this config (centralized: one pooled client)."""
+    if config.partition == "folders":
+        fed = load_client_folders(config.data)
+    else:
+        dataset = load_source(config.data, split="train")
+        if config.image_size is not None:
+            dataset = dataset.resized(config.image_size)
+        fed = partition_dataset(
+            dataset,
+            num_clients=config.num_clients,
+            scheme=config.partition,
+            alpha=config.alpha,
+            seed=config.seed,
+            min_partition_size=config.min_partition_size,
+        )
+    if config.partition == "folders" and config.image_size is not None:
+        fed = FederatedData(
+            clients=tuple(c.resized(config.image_size) for c in fed.clients),
+            class_names=fed.class_names,
+            description=fed.description,
+            client_names=fed.client_names,
+        )
+    if config.strategy == "centralized":
+        # Same data, same compute (rounds x local epochs), pooled in one place.
+        fed = FederatedData(
+            clients=(fed.pooled(),),
+            class_names=fed.class_names,
+            description=f"{fed.description}; pooled (centralized baseline)",
+            client_names=("pooled",),
+        )
+    return fed
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: Progress = null_progress,
+    stop_after_round: int | None = None,
+) -> TrainResult:
+    fed = load_federated_data(config)
+    privacy = None
+    if config.private:
+        from synthfed.privacy.training import PrivateTraining
+
+        privacy = PrivateTraining.plan(config, fed)
+    return run_simulation(
+        config, fed, run_dir, resume=resume, privacy=privacy, progress=progress, stop_after_round=stop_after_round
+    )
