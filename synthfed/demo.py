@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-run"))
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=10)
     args = parser.parse_args(argv)
     console = Console()
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         alpha=0.5,
         strategy="fedavg",
         rounds=args.rounds,
-        local_epochs=1,
+        local_epochs=args.local_epochs,
         batch_size=32,
         lr=1e-3,
         ema_decay=0.995,

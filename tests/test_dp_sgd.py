@@ -34,7 +34,10 @@ def _setup(preset, m=2, batch=3):
     size = SIZES[preset]
     spec = ModelSpec(preset=preset, image_size=size, channels=1, num_classes=3, class_names=("a", "b", "c"))
     torch.manual_seed(0)
-    model = build_unet(spec).eval()  # eval: dropout off, so the loop and the batch agree exactly
+    model = build_unet(spec).train()  # Opacus records activations only in training mode
+    for module in model.modules():  # ... but dropout off, so the loop and the batch see the same network
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     acp = NoiseSchedule(num_train_timesteps=100).alphas_cumprod()
     x = torch.randn(batch, 1, size, size)
     y = torch.tensor([0, 1, 2][:batch])
@@ -77,7 +80,14 @@ def test_per_example_gradients_match_a_per_example_loop_for_every_parameter(pres
     stepper.close()
     # Assert: every parameter, attention and post-attention convs included
     assert set(got) == set(reference)
-    bad = {n: _max_rel_error(got[n], reference[n]) for n in got if reference[n].norm() > 0}
+    # Relative error per parameter, with an absolute floor of 1e-6 of the whole
+    # gradient's norm: some true gradients are exactly zero up to float noise
+    # (attention key biases: softmax ignores a shift shared by all keys).
+    floor = 1e-6 * float(torch.cat([g.flatten() for g in reference.values()]).norm())
+    bad = {
+        n: float((got[n] - reference[n]).norm() / max(float(reference[n].norm()), floor / 1e-4))
+        for n in got
+    }
     bad = {n: e for n, e in bad.items() if e > 1e-4}
     assert not bad, f"per-sample gradients differ from the per-example loop: {bad}"
     nonzero = [n for n in reference if reference[n].norm() > 0]

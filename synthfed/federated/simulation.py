@@ -171,14 +171,14 @@ def run_simulation(
         progress(TaskStarted("client", f"round {server_round}: clients", len(chosen)))
         for cid in chosen:
             images, labels = tensors[cid]
+            generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
             stepper_factory = None
             if privacy is not None:
                 if not privacy.may_train(cid, server_round=server_round):
                     progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
                     progress(TaskAdvanced("client"))
                     continue
-                stepper_factory = privacy.stepper_factory(cid)
-            generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
+                stepper_factory = privacy.stepper_factory(cid, generator)
             update = client_update(
                 model,
                 state={**global_state, **local_states[cid]},

@@ -1,0 +1,66 @@
+"""The command line: bad values end with one line and exit code 2; the happy path works."""
+
+import csv
+
+import pytest
+from typer.testing import CliRunner
+
+from synthfed.cli.app import app, register_subcommands
+
+register_subcommands()
+runner = CliRunner()
+
+TINY = ["--data", "digits", "--image-size", "8", "--preset", "tiny", "--clients", "2", "--timesteps", "20",
+        "--batch-size", "64"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--clients", "0"], "--clients"),
+        (["train", "--strategy", "magic"], "--strategy"),
+        (["train", "--participation", "half"], "--participation"),
+        (["train", "--participation", "2.5"], "whole number"),
+        (["train", "--epsilon", "-1"], "--epsilon"),
+        (["train", "--delta", "1e-5"], "--delta needs --epsilon"),
+        (["train", "--data", "nonsense"], "nonsense"),
+        (["train", "--preset", "paper", "--image-size", "12"], "divisible"),
+        (["generate", "/nonexistent", "--out", "/tmp/x"], "not a synthfed run"),
+    ],
+)
+def test_bad_values_exit_2_with_one_clear_line(args, needle):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+
+
+def test_every_train_option_is_documented():
+    result = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for option in ["--epsilon", "--participation", "--local-epochs", "--resume", "--device", "--strategy", "--alpha"]:
+        assert option in result.output
+
+
+def test_train_then_generate_writes_pngs_manifest_and_grid(tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--rounds", "1", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "samples"
+    result = runner.invoke(app, ["generate", str(run), "--out", str(out), "--per-class", "2", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert len(rows) == 20
+    assert {r["class_name"] for r in rows} == {str(d) for d in range(10)}
+    assert all((out / r["file"]).is_file() for r in rows)
+    assert (out / "grid.png").is_file()
+    assert "NOT differentially private" in result.output
+    # generating into the same folder again is refused, not overwritten
+    again = runner.invoke(app, ["generate", str(run), "--out", str(out), "--steps", "3"])
+    assert again.exit_code == 2
+
+
+def test_partition_prints_and_saves_the_stats_table(tmp_path):
+    result = runner.invoke(app, ["partition", "--clients", "3", "--alpha", "0.3", "--save", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    assert "client_2" in result.output
+    assert (tmp_path / "p.csv").read_text().count("\n") == 4
