@@ -94,6 +94,17 @@ def train(
     out.print(f"trained {result.rounds_completed} rounds; last mean loss {last['mean_loss']}")
     out.print(f"run directory: {result.run_dir}")
     out.print(f"latest checkpoint: {result.last_round_dir}")
+    ledger_path = result.last_round_dir / "ledger.json"
+    if ledger_path.is_file():
+        import json
+
+        from synthfed.cli.privacy_cmds import ledger_table
+        from synthfed.privacy.ledger import PrivacyLedger
+
+        rows = PrivacyLedger.from_dict(json.loads(ledger_path.read_text())).table()
+        out.print(ledger_table(rows, "privacy spent (accountant, for the steps that ran)"))
+    else:
+        out.print("privacy: NOT differentially private (no --epsilon)")
 
 
 @app.command()

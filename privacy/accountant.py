@@ -277,7 +277,7 @@ def _prv_epsilon(mechs: tuple, delta: float, eps_error: float, delta_error: floa
             if points <= max_points:
                 break
             err *= points / max_points * 1.05
-        for _ in range(4):
+        for attempt in range(4):
             try:
                 L = _safe_domain_size(mechs, err, delta_error, orders)
                 acc = PRVAccountant(prvs=[_to_prv(m) for m in mechs], max_self_compositions=counts,
@@ -287,10 +287,39 @@ def _prv_epsilon(mechs: tuple, delta: float, eps_error: float, delta_error: floa
                 return float(lo), float(est), float(up), desc
             except (RuntimeError, ValueError, FloatingPointError, OverflowError, MemoryError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
+                if attempt == 0:
+                    # prv-accountant's discretisation check fails for few steps at
+                    # low noise and high q (e.g. sigma 0.63, q 0.13, 16 steps);
+                    # Opacus's port of the same algorithm (Gopi et al. 2021)
+                    # builds its domain differently and succeeds there, at the
+                    # requested eps_error: prefer it to a looser bound.
+                    opacus_result = _opacus_prv_epsilon(mechs, delta, err, delta_error)
+                    if opacus_result is not None:
+                        return opacus_result
                 err *= 4
         rdp = sum(_rdp_curve(_unit(m), _PRV_ORDERS) * n for m, n in zip(mechs, counts))
         up = _rdp_to_eps(rdp, np.asarray(_PRV_ORDERS), delta)
     return 0.0, up, up, f"RDP bound (prv-accountant {_prv_version()} failed: {failure})"
+
+
+def _opacus_prv_epsilon(mechs: tuple, delta: float, eps_error: float, delta_error: float) -> tuple | None:
+    """The same PRV accountant as implemented in Opacus (Gaussian mechanisms only:
+    a plain Gaussian release is a subsampled one with q = 1). None when it does
+    not apply or fails too."""
+    if not all(isinstance(m, (SubsampledGaussian, Gaussian)) for m in mechs):
+        return None
+    from opacus import __version__ as opacus_version
+    from opacus.accountants import PRVAccountant as OpacusPRV
+
+    acc = OpacusPRV()
+    acc.history = [(m.noise_multiplier, getattr(m, "sampling_rate", 1.0), _uses(m)) for m in mechs]
+    try:
+        dprv = acc._get_dprv(eps_error=eps_error, delta_error=delta_error)
+        lo, est, up = dprv.compute_epsilon(delta, delta_error, eps_error)
+    except (RuntimeError, ValueError, FloatingPointError, OverflowError, MemoryError):
+        return None
+    desc = f"Opacus {opacus_version} PRV accountant (eps_error={eps_error:.3g}, delta_error={delta_error:.3g})"
+    return float(lo), float(est), float(up), desc
 
 
 def compute_epsilon(

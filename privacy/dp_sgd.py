@@ -24,6 +24,7 @@ does): clip-and-accumulate per chunk, noise once per logical step."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -120,7 +121,11 @@ class DPSGDStepper:
             self._empty_grad_samples()
             return 0.0
         rows, multiplicity = rows_loss_fn(x, y)
-        (rows.sum() / multiplicity).backward()
+        with warnings.catch_warnings():
+            # Opacus's module backward hooks fire on the first layer, whose input
+            # (the noisy image) needs no gradient; PyTorch warns, harmlessly.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            (rows.sum() / multiplicity).backward()
         self._group_rows(x.shape[0], multiplicity)
         return float(rows.detach().sum()) / multiplicity
 

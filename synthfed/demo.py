@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-run"))
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=4)
+    parser.add_argument("--local-epochs", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=10)
     args = parser.parse_args(argv)
     console = Console()
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(args.out)
     config = TrainConfig(
         data="digits",
+        image_size=8,  # the digits' native size: 4x cheaper than 16x16, same information
         num_clients=4,
         alpha=0.5,
         strategy="fedavg",

@@ -236,3 +236,24 @@ def test_plan_steps():
     assert steps == 10 * 3 * 16
     with pytest.raises(ValueError, match="exceeds"):
         plan_steps(n=10, batch_size=64, local_epochs=1, rounds_participating=1)
+
+
+def test_where_prv_accountant_fails_opacus_prv_gives_a_tight_bound():
+    # Prepare: few steps, low noise, high q: prv-accountant 0.2's discretisation
+    # check raises here at every eps_error, which used to force a loose bound.
+    from opacus.accountants import PRVAccountant as OpacusPRV
+
+    from synthfed.privacy.accountant import SubsampledGaussian, compute_epsilon, rdp_epsilon
+
+    mech = SubsampledGaussian(noise_multiplier=0.63, sampling_rate=64 / 492, steps=16)
+    delta = 1 / 4920
+    # Execute
+    report = compute_epsilon([mech], delta=delta)
+    # Assert: the upper bound is Opacus's PRV bound, within eps_error of the estimate,
+    # and below the (looser, always valid) RDP bound
+    reference = OpacusPRV()
+    reference.history = [(0.63, 64 / 492, 16)]
+    assert report.accountant.startswith("Opacus")
+    assert report.epsilon_upper == pytest.approx(reference.get_epsilon(delta=delta, eps_error=0.01), rel=1e-9)
+    assert report.epsilon_upper - report.epsilon_lower <= 3 * 0.01
+    assert report.epsilon_upper < rdp_epsilon([mech], delta=delta)
