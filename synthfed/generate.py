@@ -11,6 +11,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
 from synthfed.io import write_json_atomic
 from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet, load_model
 from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
+
+if TYPE_CHECKING:
+    from synthfed.data import ImageDataset
 
 
 @dataclass
@@ -180,3 +184,39 @@ def generate_dataset(
         },
     )
     return out_dir
+
+
+def load_generated(directory: str | Path) -> tuple["ImageDataset", dict]:
+    """A generated dataset folder back as an ``ImageDataset`` plus its card
+    (``card.json`` when present, else ``generation.json``)."""
+    from synthfed.data import DataError, ImageDataset
+
+    directory = Path(directory)
+    manifest = directory / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"{directory} is not a generated dataset (no manifest.csv)")
+    card_path = directory / "card.json"
+    if not card_path.is_file():
+        card_path = directory / "generation.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise DataError(f"{manifest} lists no images")
+    images = []
+    for row in rows:
+        path = directory / row["file"]
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read generated image {path}: {exc}") from exc
+        images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    class_names = tuple(card.get("class_names") or sorted({r["class_name"] for r in rows}))
+    dataset = ImageDataset(
+        images=np.stack(images).astype(np.uint8),
+        labels=np.asarray([int(r["label"]) for r in rows], dtype=np.int64),
+        class_names=class_names,
+        source=str(directory),
+    )
+    return dataset, card

@@ -1,0 +1,1 @@
+"""Evaluation: classifiers, FID and related scores."""
