@@ -190,6 +190,8 @@ def register_subcommands() -> None:
     from synthfed.cli.privacy_cmds import privacy_app
 
     app.add_typer(privacy_app, name="privacy")
+    from synthfed.cli.audit_cmds import register as register_audit
+    register_audit(app)
 
 
 def main() -> None:

@@ -47,23 +47,25 @@ class PrivateTraining:
         self.ledger = ledger
 
     @classmethod
-    def plan(cls, config: TrainConfig, fed: FederatedData) -> "PrivateTraining":
-        assert config.epsilon is not None
+    def plan(cls, config: TrainConfig, fed: FederatedData, *, epsilon: float | None = None) -> "PrivateTraining":
+        """DP-SGD noise for ``epsilon`` (default ``config.epsilon``) per client."""
+        epsilon = config.epsilon if epsilon is None else epsilon
+        assert epsilon is not None
         noise: dict[int, ClientNoise] = {}
         clients: dict[str, ClientLedger] = {}
         for cid, data in enumerate(fed.clients):
             n = len(data)
             delta = config.delta if config.delta is not None else default_delta(n)
-            validate_privacy_target(epsilon=config.epsilon, delta=delta, n=n)
+            validate_privacy_target(epsilon=epsilon, delta=delta, n=n)
             if config.batch_size > n:
                 raise ValueError(f"client {fed.client_names[cid]} has {n} records, fewer than --batch-size {config.batch_size}")
             q = config.batch_size / n
-            per_round = config.local_epochs * math.ceil(1.0 / q)
+            per_round = config.epochs_per_round() * math.ceil(1.0 / q)
             planned = config.rounds * per_round
-            sigma = find_noise_multiplier(target_epsilon=config.epsilon, delta=delta, sampling_rate=q, steps=planned)
+            sigma = find_noise_multiplier(target_epsilon=epsilon, delta=delta, sampling_rate=q, steps=planned)
             noise[cid] = ClientNoise(n, delta, q, per_round, planned, sigma)
             clients[str(cid)] = ClientLedger(
-                client_id=str(cid), num_records=n, delta=delta, epsilon_budget=config.epsilon, entries=[]
+                client_id=str(cid), num_records=n, delta=delta, epsilon_budget=epsilon, entries=[]
             )
         return cls(config, noise, PrivacyLedger(clients=clients))
 

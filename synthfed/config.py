@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from synthfed.diffusion.schedule import NoiseSchedule
 from synthfed.model.presets import PRESETS
 
-STRATEGIES = ("fedavg", "centralized", "local")
+STRATEGIES = ("fedavg", "centralized", "local", "fedper", "fedrep", "pfdm")
 PARTITIONS = ("dirichlet", "iid", "folders")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -46,6 +46,16 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    # personalization: backbone/head (fedper, fedrep)
+    head: str = "up"  # a preset of synthfed.federated.split.HEAD_PRESETS or glob patterns
+    head_epochs: int = 1  # FedRep: head-only epochs before the body epochs
+    # PFDM: forward-noised uploads at t0, shared high-noise / local low-noise denoisers
+    t0: int | None = None  # None: the accountant picks it from --epsilon
+    clip_norm: float | None = None  # L2 bound C before upload (sensitivity 2C); None: sqrt(pixels), changes no image
+    upload_copies: int = 1  # m noised copies of each image (they compose)
+    label_epsilon: float | None = None  # k-ary randomized response on uploaded labels
+    public_labels: bool = False  # labels declared public: uploaded as they are
+    local_epsilon: float | None = None  # PFDM: DP-SGD for the local low-noise denoisers
     # differential privacy (DP-SGD); epsilon None = not private
     epsilon: float | None = None
     delta: float | None = None
@@ -68,6 +78,10 @@ class TrainConfig:
         if self.participation > 1:
             return min(num_clients, int(self.participation))
         return max(1, round(self.participation * num_clients))
+
+    def epochs_per_round(self) -> int:
+        """Local epochs a client trains per round (FedRep adds its head epochs)."""
+        return self.local_epochs + (self.head_epochs if self.strategy == "fedrep" else 0)
 
     def validate(self) -> "TrainConfig":
         def need(cond: bool, message: str) -> None:
@@ -102,9 +116,27 @@ class TrainConfig:
         need(self.delta is None or 0 < self.delta < 1, "--delta must be in (0, 1)")
         need(self.delta is None or self.epsilon is not None, "--delta needs --epsilon")
         need(
-            self.noise_multiplicity == 1 or self.epsilon is not None,
+            self.noise_multiplicity == 1 or self.epsilon is not None or self.local_epsilon is not None,
             "--noise-multiplicity only applies to DP-SGD (give --epsilon)",
         )
+        need(self.head_epochs >= 1, "--head-epochs must be at least 1")
+        need(self.clip_norm is None or self.clip_norm > 0, "--clip-norm must be positive")
+        need(self.upload_copies >= 1, "--upload-copies must be at least 1")
+        need(self.label_epsilon is None or self.label_epsilon > 0, "--label-epsilon must be positive")
+        need(self.local_epsilon is None or self.local_epsilon > 0, "--local-epsilon must be positive")
+        need(self.t0 is None or 0 <= self.t0 < self.num_train_timesteps - 1, "--t0 must be in [0, T-1)")
+        if self.strategy == "pfdm":
+            need(self.epsilon is not None or self.t0 is not None, "pfdm needs --epsilon (the accountant picks t0) or --t0")
+            need(self.epsilon is None or self.t0 is None, "give pfdm either --epsilon or --t0, not both")
+            need(self.public_labels or self.label_epsilon is not None,
+                 "pfdm uploads labels: protect them with --label-epsilon or declare them --public-labels")
+            need(not (self.public_labels and self.label_epsilon is not None), "--public-labels and --label-epsilon exclude each other")
+            need(self.noise_multiplicity == 1 or self.local_epsilon is not None,
+                 "--noise-multiplicity applies to DP-SGD (pfdm: --local-epsilon)")
+        else:
+            for name, value in (("--t0", self.t0), ("--label-epsilon", self.label_epsilon), ("--local-epsilon", self.local_epsilon)):
+                need(value is None, f"{name} applies to --strategy pfdm only")
+            need(not self.public_labels, "--public-labels applies to --strategy pfdm only")
         return self
 
     def to_dict(self) -> dict:

@@ -35,22 +35,45 @@ class LoadedGenerator:
     schedule: NoiseSchedule
     source: dict = field(default_factory=dict)  # what produced the images, for the manifest and card
     privacy: dict = field(default_factory=dict)  # privacy status of every producing component
+    handover: tuple | None = None  # PFDM: (shared high-noise model, t0); ``model`` finishes below t0
 
 
-def _privacy_status(round_dir: Path | None, client: int | None) -> dict:
-    """Read, never infer: the guarantee is whatever the run's ledger says."""
+def _components(config: dict, client: int | None) -> list[dict]:
+    """Every model that takes part in producing the images, and whether it
+    was trained under a differential-privacy mechanism recorded in the ledger."""
+    strategy = config.get("strategy", "fedavg")
+    dp_sgd = config.get("epsilon") is not None
+    if strategy == "pfdm":
+        local_dp = config.get("local_epsilon") is not None
+        return [
+            {"component": "shared high-noise denoiser (t > t0)", "dp": True,
+             "mechanism": "trained only on forward-noised uploads (Gaussian mechanism; labels "
+                          + ("public" if config.get("public_labels") else "randomized response") + ")"},
+            {"component": f"client {client} low-noise denoiser (t <= t0)", "dp": local_dp,
+             "mechanism": "DP-SGD" if local_dp else "trained on the client's raw images without DP-SGD"},
+        ]
+    name = "global model" if client is None else f"client {client} personalized model (shared backbone + local head)"
+    return [{"component": name, "dp": dp_sgd, "mechanism": "DP-SGD" if dp_sgd else "trained without DP-SGD"}]
+
+
+def _privacy_status(round_dir: Path | None, client: int | None, config: dict | None = None) -> dict:
+    """Read, never infer: the guarantee is whatever the run's ledger says, and
+    it covers the images only if every producing component is DP."""
     ledger_path = None if round_dir is None else round_dir / "ledger.json"
+    components = _components(config or {}, client)
+    all_dp = all(c["dp"] for c in components)
     if ledger_path is None or not ledger_path.is_file():
-        return {"differentially_private": False, "statement": "NOT differentially private: trained without DP-SGD"}
+        return {"differentially_private": False, "components": components,
+                "statement": "NOT differentially private: trained without DP-SGD"}
     from synthfed.privacy.ledger import PrivacyLedger
 
-    ledger = PrivacyLedger.from_dict(json.loads(ledger_path.read_text()))
-    rows = ledger.table()
-    return {
-        "differentially_private": True,
-        "statement": "each client's records are (epsilon, delta)-DP as listed (DP-SGD; record-level, add/remove)",
-        "clients": rows,
-    }
+    rows = PrivacyLedger.from_dict(json.loads(ledger_path.read_text())).table()
+    if all_dp:
+        statement = "each client's records are (epsilon, delta)-DP as listed (record-level; accountant below)"
+    else:
+        not_dp = "; ".join(c["component"] for c in components if not c["dp"])
+        statement = f"NOT differentially private: {not_dp} was trained without a DP mechanism"
+    return {"differentially_private": all_dp, "components": components, "statement": statement, "clients": rows}
 
 
 def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool = True) -> LoadedGenerator:
@@ -68,6 +91,8 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
             privacy=_privacy_status(path.parent.parent if path.parent.name == "global" else None, None),
         )
     info = read_run_file(path)
+    if info["config"].get("strategy") == "pfdm":
+        return _load_pfdm_generator(path, info, client=client, use_ema=use_ema)
     round_dir = latest_round_dir(path)
     if round_dir is None:
         raise FileNotFoundError(f"{path} has no completed round yet")
@@ -101,8 +126,30 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
         spec=spec,
         schedule=NoiseSchedule(**spec.schedule),
         source=source,
-        privacy=_privacy_status(round_dir, client),
+        privacy=_privacy_status(round_dir, client, info["config"]),
     )
+
+
+def _load_pfdm_generator(path: Path, info: dict, *, client: int | None, use_ema: bool) -> LoadedGenerator:
+    round_dir = latest_round_dir(path)
+    if round_dir is None:
+        raise FileNotFoundError(f"{path} has no completed round yet")
+    if client is None:
+        raise ValueError("a PFDM run's shared model only denoises down to t0; choose whose low-noise model finishes with --client")
+    spec = ModelSpec.from_dict(info["model"])
+    which = "ema" if use_ema else "model"
+    shared, _ = load_model(round_dir / "global" / which)
+    local_path = round_dir / "clients" / client_file(client)
+    if not local_path.is_file():
+        raise ValueError(f"run {path} has no client {client}")
+    prefix = f"{which}."
+    local = build_unet(spec)
+    local.load_state_dict({k[len(prefix):]: v for k, v in load_file(str(local_path)).items() if k.startswith(prefix)})
+    t0 = int(info["pfdm"]["t0"])
+    source = {"run_dir": str(path), "round": int(round_dir.name.split("-")[1]), "weights": which, "client": client,
+              "strategy": "pfdm", "t0": t0}
+    return LoadedGenerator(model=local.eval(), spec=spec, schedule=NoiseSchedule(**spec.schedule), source=source,
+                           privacy=_privacy_status(round_dir, client, info["config"]), handover=(shared.eval(), t0))
 
 
 def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, *, num_classes: int, per_class: int = 8) -> None:
@@ -147,16 +194,26 @@ def generate_dataset(
     all_images: list[np.ndarray] = []
     progress(TaskStarted("sample", f"sampling {len(labels)} images ({sampler}, {num_steps} steps)", len(labels)))
     for batch in batches:
-        x = sample(
-            eps_fn,
-            labels=batch.to(device),
-            image_shape=shape,
-            schedule=gen.schedule,
-            sampler=sampler,
-            num_steps=num_steps,
-            ddpm_variance=ddpm_variance,
-            generator=generator,
-        )
+        if gen.handover is not None:
+            from synthfed.federated.pfdm import pfdm_sample
+
+            shared, t0 = gen.handover
+            x = pfdm_sample(
+                model_eps_fn(shared.to(device), guidance_scale=guidance_scale, null_label=spec.null_label),
+                eps_fn, labels=batch.to(device), image_shape=shape, schedule=gen.schedule, t0=t0, sampler=sampler,
+                num_steps=num_steps, ddpm_variance=ddpm_variance, generator=generator,
+            )
+        else:
+            x = sample(
+                eps_fn,
+                labels=batch.to(device),
+                image_shape=shape,
+                schedule=gen.schedule,
+                sampler=sampler,
+                num_steps=num_steps,
+                ddpm_variance=ddpm_variance,
+                generator=generator,
+            )
         all_images.append(to_uint8(x).cpu().numpy())
         progress(TaskAdvanced("sample", len(batch)))
     progress(TaskFinished("sample"))

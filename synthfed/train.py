@@ -57,6 +57,10 @@ def train(
     stop_after_round: int | None = None,
 ) -> TrainResult:
     fed = load_federated_data(config)
+    if config.strategy == "pfdm":
+        from synthfed.federated.pfdm import run_pfdm
+
+        return run_pfdm(config, fed, run_dir, resume=resume, progress=progress, stop_after_round=stop_after_round)
     privacy = None
     if config.private:
         from synthfed.privacy.training import PrivateTraining

@@ -35,10 +35,16 @@ def rows_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     alphas_cumprod: torch.Tensor,
+    *,
+    timestep_offset: int = 0,
 ) -> torch.Tensor:
-    """Mean squared error of the predicted noise, one value per row, for given t and noise."""
+    """Mean squared error of the predicted noise, one value per row, for given t and noise.
+
+    The model sees timestep ``t + timestep_offset``: a chain that starts at a
+    noisy x_{t0} (PFDM's shared model) uses ᾱ_t / ᾱ_{t0} for the noising but
+    keeps the original timestep as the model's input."""
     xt = q_sample(x0, t, noise, alphas_cumprod)
-    pred = model(xt, t, class_labels=labels).sample
+    pred = model(xt, t + timestep_offset, class_labels=labels).sample
     return (pred.float() - noise.float()).pow(2).flatten(1).mean(dim=1)
 
 

@@ -64,19 +64,39 @@ def sample(
     if not 1 <= num_steps <= schedule.num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {schedule.num_train_timesteps}]")
     scheduler = schedule.ddim() if sampler == "ddim" else schedule.ddpm(variance_type=ddpm_variance)
+    x = torch.randn((labels.shape[0], *image_shape), generator=generator, device=labels.device)
+    x = run_chain(eps_fn, x, scheduler=scheduler, labels=labels, num_steps=num_steps, eta=eta, generator=generator,
+                  on_step=on_step)
+    return x.clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def run_chain(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    *,
+    scheduler,
+    labels: torch.Tensor,
+    num_steps: int,
+    eta: float = 0.0,
+    timestep_offset: int = 0,
+    generator: torch.Generator | None = None,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run a diffusers scheduler from its noisiest step to its end, starting at
+    ``x``; the denoiser sees timestep t + ``timestep_offset``."""
     scheduler.set_timesteps(num_steps)
-    device = labels.device
-    x = torch.randn((labels.shape[0], *image_shape), generator=generator, device=device)
+    is_ddim = type(scheduler).__name__.startswith("DDIM")
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
-        eps = eps_fn(x, int(t), labels).float()
-        if sampler == "ddim":
+        eps = eps_fn(x, int(t) + timestep_offset, labels).float()
+        if is_ddim:
             x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
         else:
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         if on_step is not None:
             on_step(i + 1, len(timesteps))
-    return x.clamp(-1.0, 1.0)
+    return x
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

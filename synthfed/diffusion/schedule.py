@@ -56,6 +56,40 @@ class NoiseSchedule:
             timestep_spacing="trailing",
         )
 
+    def betas(self) -> torch.Tensor:
+        return self.ddpm().betas.clone()
+
+    def sub_chain(self, *, start: int, stop: int | None = None) -> "ChainSchedule":
+        """The forward chain over original steps start..stop-1, as a schedule of
+        its own: a chain that starts from x_{start-1} (not x_0) has
+        ᾱ'_s = ᾱ_{start+s} / ᾱ_{start-1} (PFDM's shared high-noise model)."""
+        betas = self.betas()[start:stop]
+        return ChainSchedule(betas=tuple(float(b) for b in betas), offset=start)
+
     def alphas_cumprod(self) -> torch.Tensor:
         """ᾱ_t for t = 0..T-1 (float64 is not needed: diffusers keeps float32)."""
         return self.ddpm().alphas_cumprod.clone()
+
+
+@dataclass(frozen=True)
+class ChainSchedule:
+    """A piece of the forward chain with its own betas; ``offset`` is the
+    original timestep of its first step (the model's timestep input is
+    s + offset)."""
+
+    betas: tuple[float, ...]
+    offset: int = 0
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.betas)
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.cumprod(1.0 - torch.tensor(self.betas, dtype=torch.float64), 0).float()
+
+    def scheduler(self, sampler: str, *, clip_sample: bool, variance_type: str = "fixed_small"):
+        common = dict(num_train_timesteps=len(self.betas), trained_betas=list(self.betas), clip_sample=clip_sample,
+                      prediction_type="epsilon")
+        if sampler == "ddim":
+            return DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing")
+        return DDPMScheduler(**common, variance_type=variance_type)

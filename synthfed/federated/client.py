@@ -39,6 +39,19 @@ class LocalTraining:
     precision: str = "fp32"
     multiplicity: int = 1
     timestep_range: tuple[int, int] | None = None
+    # Training phases (name, epochs, trainable parameter names or None = all).
+    # None: one phase training everything for ``epochs`` (FedAvg, FedPer).
+    # FedRep: (("head", E_h, head), ("body", E, backbone)).
+    phases: tuple[tuple[str, int, frozenset[str] | None], ...] | None = None
+    # The model's timestep input is t + offset (PFDM's shared model runs on the
+    # sub-chain that starts at t0 but is conditioned on the original t).
+    timestep_offset: int = 0
+
+    def phase_list(self) -> tuple[tuple[str, int, frozenset[str] | None], ...]:
+        return self.phases if self.phases is not None else (("all", self.epochs, None),)
+
+    def epochs_per_round(self) -> int:
+        return sum(epochs for _, epochs, _ in self.phase_list())
 
 
 @dataclass
@@ -128,7 +141,7 @@ def client_update(
     model.load_state_dict(state)
     model.to(device).train()
     ema = {k: v.detach().clone().to(device) for k, v in ema.items()}
-    stepper = (stepper_factory or (lambda m: PlainStepper(m, lr=plan.lr, batch_size=plan.batch_size)))(model)
+    make_stepper = stepper_factory or (lambda m: PlainStepper(m, lr=plan.lr, batch_size=plan.batch_size))
     acp = alphas_cumprod.to(device)
     n = images.shape[0]
 
@@ -143,29 +156,42 @@ def client_update(
         )
         y_rows = drop_labels(y_rows, null_label=plan.null_label, probability=plan.label_dropout, generator=generator)
         with autocast_context(plan.precision, device):
-            rows = rows_loss(model, x_rows, y_rows, t, noise, acp)
+            rows = rows_loss(model, x_rows, y_rows, t, noise, acp, timestep_offset=plan.timestep_offset)
         return rows.float(), plan.multiplicity
 
     steps = 0
     losses: list[float] = []
-    per_epoch = stepper.steps_per_epoch(n)
+    mechanisms: list = []
+    params = dict(model.named_parameters())
     try:
-        for epoch in range(plan.epochs):
-            progress(TaskStarted(task_key, f"epoch {epoch + 1}/{plan.epochs}", per_epoch))
-            for idx in stepper.batch_indices(n, generator):
-                x = images[idx.to(images.device)].to(device)
-                y = labels[idx.to(labels.device)].to(device)
-                loss = stepper.step(rows_loss_fn, x, y)
-                steps += 1
-                if not math.isnan(loss):
-                    losses.append(loss)
-                ema_update(ema, model.state_dict(), decay=ema_decay(plan.ema_decay, ema_step))
-                ema_step += 1
-                progress(TaskAdvanced(task_key, 1, {"loss": loss}))
-            progress(TaskFinished(task_key))
-        mechanisms = stepper.mechanisms(steps)
+        for phase, epochs, trainable in plan.phase_list():
+            for name, p in params.items():
+                p.requires_grad_(trainable is None or name in trainable)
+            stepper = make_stepper(model)
+            phase_steps = 0
+            try:
+                per_epoch = stepper.steps_per_epoch(n)
+                for epoch in range(epochs):
+                    label = f"epoch {epoch + 1}/{epochs}" + ("" if phase == "all" else f" ({phase})")
+                    progress(TaskStarted(task_key, label, per_epoch))
+                    for idx in stepper.batch_indices(n, generator):
+                        x = images[idx.to(images.device)].to(device)
+                        y = labels[idx.to(labels.device)].to(device)
+                        loss = stepper.step(rows_loss_fn, x, y)
+                        phase_steps += 1
+                        if not math.isnan(loss):
+                            losses.append(loss)
+                        ema_update(ema, model.state_dict(), decay=ema_decay(plan.ema_decay, ema_step))
+                        ema_step += 1
+                        progress(TaskAdvanced(task_key, 1, {"loss": loss}))
+                    progress(TaskFinished(task_key))
+                mechanisms.extend(stepper.mechanisms(phase_steps))
+                steps += phase_steps
+            finally:
+                stepper.close()
     finally:
-        stepper.close()
+        for p in params.values():
+            p.requires_grad_(True)
     new_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return LocalUpdate(
         state=new_state,

@@ -25,7 +25,9 @@ from synthfed.checkpoint import (
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData
 from synthfed.federated.client import LocalTraining, client_update
+from synthfed.federated.backbone_head import BackboneHead
 from synthfed.federated.fedavg import FedAvg
+from synthfed.federated.split import split_parameters
 from synthfed.federated.local import LocalOnly
 from synthfed.federated.strategy import FitResult, Strategy
 from synthfed.model.presets import ModelSpec, build_unet
@@ -52,12 +54,37 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def build_strategy(config: TrainConfig, num_clients: int) -> Strategy:
+def build_strategy(config: TrainConfig, num_clients: int, keys: list[str]) -> Strategy:
+    per_round = config.clients_per_round(num_clients)
     if config.strategy in ("fedavg", "centralized"):
-        return FedAvg(clients_per_round=config.clients_per_round(num_clients))
+        return FedAvg(clients_per_round=per_round)
     if config.strategy == "local":
-        return LocalOnly(clients_per_round=config.clients_per_round(num_clients))
-    raise ValueError(f"unknown strategy {config.strategy!r}")
+        return LocalOnly(clients_per_round=per_round)
+    if config.strategy in ("fedper", "fedrep"):
+        split = split_parameters(keys, config.head)
+        return BackboneHead(clients_per_round=per_round, split=split, name=config.strategy)
+    raise ValueError(f"strategy {config.strategy!r} does not run on the FedAvg-style engine")
+
+
+def local_training(config: TrainConfig, spec: ModelSpec, strategy: Strategy) -> LocalTraining:
+    phases = None
+    if config.strategy == "fedrep":
+        assert isinstance(strategy, BackboneHead)
+        phases = (
+            ("head", config.head_epochs, frozenset(strategy.split.local)),
+            ("body", config.local_epochs, frozenset(strategy.split.shared)),
+        )
+    return LocalTraining(
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        label_dropout=config.label_dropout,
+        null_label=spec.null_label,
+        ema_decay=config.ema_decay,
+        precision=config.precision,
+        multiplicity=config.noise_multiplicity,
+        phases=phases,
+    )
 
 
 def model_spec_for(config: TrainConfig, fed: FederatedData) -> ModelSpec:
@@ -111,10 +138,10 @@ def run_simulation(
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
     spec = model_spec_for(config, fed)
-    strategy = build_strategy(config, len(fed.clients))
     torch.manual_seed(config.seed)
     model = build_unet(spec)
     keys = list(model.state_dict().keys())
+    strategy = build_strategy(config, len(fed.clients), keys)
     shared_keys = {k for k in keys if strategy.is_shared(k)}
     local_keys = set(keys) - shared_keys
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -146,16 +173,7 @@ def run_simulation(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_file(run_dir, _run_info(config, fed, spec))
 
-    plan = LocalTraining(
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        label_dropout=config.label_dropout,
-        null_label=spec.null_label,
-        ema_decay=config.ema_decay,
-        precision=config.precision,
-        multiplicity=config.noise_multiplicity,
-    )
+    plan = local_training(config, spec, strategy)
     tensors = [c.to_tensor() for c in fed.clients]
     alphas_cumprod = config.schedule().alphas_cumprod()
     last_round = config.rounds if stop_after_round is None else min(config.rounds, stop_after_round)

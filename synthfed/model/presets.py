@@ -157,5 +157,5 @@ def load_model(directory: str | Path) -> tuple[UNet2DModel, ModelSpec]:
     if not meta.is_file():
         raise FileNotFoundError(f"{directory} is not a synthfed model folder (no {MODEL_META_FILE})")
     spec = ModelSpec.from_dict(json.loads(meta.read_text()))
-    model = UNet2DModel.from_pretrained(directory, use_safetensors=True)
+    model = UNet2DModel.from_pretrained(directory, use_safetensors=True, low_cpu_mem_usage=False)
     return model, spec

@@ -1,0 +1,116 @@
+"""``synthfed audit``: utility, class-wise fairness and privacy of a generated dataset.
+
+Registered on the main app by :func:`register`; the logic lives in
+``synthfed.fairness.audit`` (the CLI only parses, validates and prints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _unique_names(dirs: list[Path]) -> list[str]:
+    names: list[str] = []
+    for d in dirs:
+        base = d.resolve().name or "dataset"
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def _check_dataset_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        _fail(f"{what} {path}: not a directory")
+    if not (path / "manifest.csv").is_file():
+        _fail(f"{what} {path}: not a generated dataset (no manifest.csv); make one with `synthfed generate`")
+
+
+def audit(
+    dataset_dir: Path = typer.Argument(..., help="A generated dataset folder (manifest.csv + images, from `synthfed generate`)."),
+    real: str = typer.Option(..., "--real", help="The real data the model was trained on, as for train --data (its test split is the yardstick)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for report.html, report.json and the CSV tables (created; files in it are replaced)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="The run that produced the images (default: the dataset card's source); enables per-client baselines and the membership attack."),
+    compare: Optional[List[Path]] = typer.Option(None, "--compare", help="Another generated dataset to audit and compare (repeat the option for several)."),
+    reference: Optional[str] = typer.Option(None, help="Folder name of the dataset that bias reduction is measured against (default: the first --compare)."),
+    classifiers: str = typer.Option("logreg,mlp,cnn", help="Downstream classifier families to select from: any of logreg, mlp, cnn."),
+    cnn_epochs: str = typer.Option("3,10", help="Epoch budgets tried for the CNN candidates."),
+    no_mia: bool = typer.Option(False, "--no-mia", help="Skip the membership-inference attack."),
+    seed: int = typer.Option(0, help="Seed of the validation splits, classifiers and attack noise."),
+) -> None:
+    """Audit a synthetic dataset: downstream utility on real test data, per-class fairness, memorization and membership inference."""
+    from synthfed.cli.render import RichProgress
+    from synthfed.config import ConfigError
+    from synthfed.data import DataError
+    from synthfed.fairness.audit import run_audit
+    from synthfed.fairness.classifiers import FAMILIES
+
+    families = tuple(f.strip() for f in classifiers.split(",") if f.strip())
+    if not families or any(f not in FAMILIES for f in families):
+        _fail(f"--classifiers must be a comma-separated subset of {', '.join(FAMILIES)}, not {classifiers!r}")
+    try:
+        epochs = tuple(int(e) for e in cnn_epochs.split(",") if e.strip())
+    except ValueError:
+        epochs = ()
+    if not epochs or min(epochs) < 1:
+        _fail(f"--cnn-epochs must be positive whole numbers like 3,10, not {cnn_epochs!r}")
+    _check_dataset_dir(dataset_dir, "dataset")
+    compare = list(compare or [])
+    for c in compare:
+        _check_dataset_dir(c, "--compare dataset")
+    if run is not None and not (run / "run.json").is_file():
+        _fail(f"--run {run}: not a synthfed run directory (no run.json)")
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir}: exists and is not a directory")
+    names = _unique_names([dataset_dir, *compare])
+    if reference is not None and reference not in names:
+        _fail(f"--reference {reference!r} is not one of the audited datasets: {', '.join(names)}")
+    if reference is not None and not compare:
+        _fail("--reference needs --compare")
+
+    common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, mia=not no_mia)
+    try:
+        with RichProgress(err) as progress:
+            others = {}
+            for name, c in zip(names[1:], compare):
+                others[name] = run_audit(c, out_dir=out_dir / "compared" / name, name=name, progress=progress, **common)
+            report = run_audit(dataset_dir, out_dir=out_dir, run_dir=run, name=names[0], compare_with=others or None,
+                               reference=reference, progress=progress, **common)
+    except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+    for key in ("utility", "fairness", "privacy"):
+        s = report["summary"][key]
+        style = {"ok": "green", "warning": "yellow", "alert": "red"}[s["level"]]
+        out.print(f"[bold {style}]{key} ({s['level']})[/bold {style}]: {s['text']}")
+    if report.get("comparison"):
+        comp = report["comparison"]
+        table = Table(title=f"comparison (bias reduction vs {comp['reference']})")
+        cols = ["metric", *comp["columns"]]
+        for col in cols:
+            table.add_column(col, justify="left" if col in ("metric", "direction") else "right")
+        for r in comp["table"]:
+            none = "inf (not DP)" if r["metric"] == "epsilon" else "-"
+            table.add_row(*(r[c] if isinstance(r[c], str) else (none if r[c] is None else f"{r[c]:.3g}") for c in cols))
+        out.print(table)
+    out.print(f"report: {out_dir / 'report.html'}")
+    out.print(f"data: {out_dir / 'report.json'} and CSV tables in {out_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``synthfed audit`` to ``app`` (once, however often it is called)."""
+    if not any(c.name == "audit" for c in app.registered_commands):
+        app.command("audit")(audit)

@@ -1,0 +1,535 @@
+"""Render an audit report: one self-contained report.html, report.json and CSV tables.
+
+The HTML page has no external resources (no scripts, fonts or image files):
+charts are inline SVG and images are PNGs made with PIL, embedded as base64,
+so the page can be mailed or attached to a data-sharing request as one file.
+It opens with a summary in words (utility, fairness, privacy, each marked
+ok / warning / alert) before any table of numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from synthfed.data import ImageDataset
+from synthfed.io import write_bytes_atomic
+
+__all__ = ["render_html", "write_report", "write_tables"]
+
+COLORS = {"synthetic": "#2563eb", "real_pooled": "#9ca3af", "clients": "#f59e0b", "fidelity": "#059669",
+          "requested": "#9ca3af", "judged": "#2563eb", "real": "#d1d5db"}
+LEVEL_STYLE = {"ok": ("#ecfdf5", "#047857", "OK"), "warning": ("#fffbeb", "#b45309", "CHECK"),
+               "alert": ("#fef2f2", "#b91c1c", "ALERT")}
+
+
+# --------------------------------------------------------------------------- small utilities
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(v, fmt: str = "{:.3f}") -> str:
+    if v is None or (isinstance(v, float) and (math.isnan(v))):
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    return fmt.format(v) if isinstance(v, (int, float)) else _e(v)
+
+
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f}%"
+
+
+def _png(array: np.ndarray) -> str:
+    """uint8 (H, W) or (H, W, 3) -> data URI."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _tile(image: np.ndarray, *, target: int = 44) -> np.ndarray:
+    """One CHW uint8 image to HW(C), enlarged (nearest) to about ``target`` pixels."""
+    c, h, w = image.shape
+    scale = max(1, int(math.ceil(target / max(h, w))))
+    img = image[0] if c == 1 else image.transpose(1, 2, 0)
+    return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+
+
+def _strip(images: Sequence[np.ndarray], *, target: int = 44, pad: int = 2) -> np.ndarray:
+    tiles = [_tile(im, target=target) for im in images]
+    h, w = tiles[0].shape[:2]
+    shape = (h, len(tiles) * (w + pad) - pad) + tiles[0].shape[2:]
+    out = np.full(shape, 255, dtype=np.uint8)
+    for i, t in enumerate(tiles):
+        out[:, i * (w + pad) : i * (w + pad) + w] = t
+    return out
+
+
+# --------------------------------------------------------------------------- SVG charts
+def _bars_svg(labels: Sequence[str], series: list[tuple[str, Sequence[float | None], str]], *, title: str,
+              max_value: float = 1.0, percent: bool = True, width: int = 560) -> str:
+    """Horizontal grouped bars: one group per label, one bar per series; legend on top."""
+    n_s = len(series)
+    bar_h, gap = 9, 7
+    group_h = n_s * bar_h + gap
+    left, right = 64, 48
+    plot_w = width - left - right
+    legend, x, y = [], left, 8
+    for name, _, color in series:  # legend, wrapped onto more lines when needed
+        w = 20 + int(5.9 * len(name))
+        if x + w > width and x > left:
+            x, y = left, y + 16
+        legend.append(f'<rect x="{x}" y="{y}" width="11" height="11" fill="{color}"/>'
+                      f'<text x="{x + 15}" y="{y + 10}" class="lg">{_e(name)}</text>')
+        x += w + 12
+    top = y + 26
+    height = top + len(labels) * group_h + 22
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">', *legend]
+    step = 0.25 if max_value >= 0.75 else (0.1 if max_value > 0.25 else 0.05)
+    for tick in np.arange(0.0, max_value + 1e-9, step):
+        tx = left + plot_w * tick / max_value
+        out.append(f'<line x1="{tx:.1f}" y1="{top - 4}" x2="{tx:.1f}" y2="{height - 20}" class="grid"/>')
+        lab = f"{100 * tick:.0f}%" if percent else f"{tick:.2g}"
+        out.append(f'<text x="{tx:.1f}" y="{height - 6}" class="tick" text-anchor="middle">{lab}</text>')
+    for i, label in enumerate(labels):
+        y0 = top + i * group_h
+        out.append(f'<text x="{left - 8}" y="{y0 + n_s * bar_h / 2 + 4:.1f}" class="cls" text-anchor="end">{_e(label)}</text>')
+        for j, (name, values, color) in enumerate(series):
+            v = values[i]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            bw = plot_w * max(0.0, min(float(v), max_value)) / max_value
+            y = y0 + j * bar_h
+            text = f"{100 * v:.0f}%" if percent else f"{v:.3g}"
+            out.append(f'<rect x="{left}" y="{y}" width="{bw:.1f}" height="{bar_h - 1}" fill="{color}">'
+                       f'<title>{_e(name)}, {_e(label)}: {text}</title></rect>')
+            if j == 0:
+                out.append(f'<text x="{left + bw + 4:.1f}" y="{y + bar_h - 1.5}" class="val">{text}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _confusion_svg(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:
+    m = np.asarray(matrix, dtype=float)
+    k = len(names)
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    cell = max(22, min(40, 420 // max(k, 1)))
+    left, top = 70, 56
+    size_w, size_h = left + k * cell + 10, top + k * cell + 10
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{size_w}" height="{size_h}" '
+           f'viewBox="0 0 {size_w} {size_h}" role="img" aria-label="confusion matrix">',
+           f'<text x="{left + k * cell / 2}" y="14" class="lg" text-anchor="middle">predicted class →</text>',
+           f'<text x="12" y="{top + k * cell / 2}" class="lg" text-anchor="middle" '
+           f'transform="rotate(-90 12 {top + k * cell / 2})">true class →</text>']
+    for j, n in enumerate(names):
+        out.append(f'<text x="{left + j * cell + cell / 2}" y="{top - 8}" class="tick" text-anchor="middle">{_e(n[:6])}</text>')
+    for i, n in enumerate(names):
+        out.append(f'<text x="{left - 6}" y="{top + i * cell + cell / 2 + 4}" class="tick" text-anchor="end">{_e(n[:10])}</text>')
+        for j in range(k):
+            f = frac[i, j]
+            if i == j:
+                color = f"rgba(37,99,235,{0.08 + 0.92 * f:.3f})"
+            else:
+                color = f"rgba(220,38,38,{min(1.0, 0.05 + 1.6 * f):.3f})" if f > 0 else "#f9fafb"
+            txt_color = "#fff" if f > 0.55 else "#111827"
+            out.append(f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell - 1}" height="{cell - 1}" '
+                       f'fill="{color}"><title>true {_e(n)}, predicted {_e(names[j])}: {int(m[i, j])} '
+                       f'({100 * f:.0f}% of row)</title></rect>')
+            if m[i, j] > 0:
+                out.append(f'<text x="{left + j * cell + cell / 2}" y="{top + i * cell + cell / 2 + 4}" class="cell" '
+                           f'fill="{txt_color}" text-anchor="middle">{int(m[i, j])}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- HTML sections
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;background:#f3f4f6;color:#111827;}
+main{max-width:1200px;margin:0 auto;padding:20px 28px 40px;}
+h1{font-size:24px;margin:4px 0 2px;} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d1d5db;padding-bottom:4px;}
+h3{font-size:14px;margin:12px 0 6px;color:#374151;}
+.sub{color:#4b5563;font-size:13px;margin-bottom:14px;}
+.cards{display:grid;grid-template-columns:repeat(3,1fr);gap:14px;}
+.card{border-radius:8px;padding:12px 14px;border:1px solid #e5e7eb;font-size:13.5px;line-height:1.45;}
+.card h3{margin:0 0 6px;font-size:15px;color:inherit;display:flex;justify-content:space-between;align-items:center;}
+.badge{font-size:11px;font-weight:700;padding:2px 8px;border-radius:10px;color:#fff;}
+.kpis{display:grid;grid-template-columns:repeat(6,1fr);gap:10px;margin-top:14px;}
+.kpi{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:8px 10px;}
+.kpi .v{font-size:22px;font-weight:700;} .kpi .l{font-size:11.5px;color:#6b7280;}
+.panel{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:12px 14px;}
+.row{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start;}
+table{border-collapse:collapse;font-size:12.5px;background:#fff;}
+th,td{border-bottom:1px solid #e5e7eb;padding:4px 8px;text-align:right;} th{background:#f9fafb;}
+td.t,th.t{text-align:left;} tr.chosen td{font-weight:700;background:#eff6ff;}
+.chart .lg{font-size:11px;fill:#374151;} .chart .tick{font-size:10px;fill:#6b7280;} .chart .cls{font-size:11px;fill:#111827;}
+.chart .val{font-size:9.5px;fill:#374151;} .chart .cell{font-size:10px;} .chart .grid{stroke:#e5e7eb;}
+.samples td{text-align:left;border:none;padding:2px 6px;} .samples img,.pairs img{image-rendering:pixelated;display:block;}
+.pairs{display:flex;flex-wrap:wrap;gap:10px;} .pair{background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:6px;font-size:11px;}
+.pair.copy{border:2px solid #b91c1c;} .note{font-size:12.5px;color:#4b5563;} .small{font-size:12px;color:#4b5563;}
+dl{font-size:12.5px;} dt{font-weight:700;margin-top:6px;} dd{margin-left:14px;color:#374151;}
+"""
+
+
+def _summary_html(report: dict) -> str:
+    s = report["summary"]
+    cards = []
+    for key, title in (("utility", "Utility"), ("fairness", "Fairness across classes"), ("privacy", "Privacy")):
+        bg, fg, word = LEVEL_STYLE[s[key]["level"]]
+        cards.append(f'<div class="card" style="background:{bg};border-color:{fg}33"><h3 style="color:{fg}">{title}'
+                     f'<span class="badge" style="background:{fg}">{word}</span></h3>{_e(s[key]["text"])}</div>')
+    tstr = report["utility"]["tstr"]
+    priv = report["privacy"]
+    mia = priv.get("membership") or {}
+    eps = priv.get("epsilon_max")
+    kpis = [
+        (_pct(tstr["accuracy"]), "accuracy on real test data (trained on synthetic)"),
+        (_pct(report["utility"].get("utility_ratio")), "of the real-data classifier's accuracy"),
+        (f"{_pct(tstr['worst_class'])}", f"worst class ('{report['fairness']['worst_class_name']}')"),
+        (_num(tstr["bias"]), "class-wise bias (std of per-class accuracy)"),
+        (str(priv["memorization"]["near_copies"]), "near-exact copies of training images"),
+        (f"ε ≤ {eps:.3g}" if priv["differentially_private"] and eps is not None else
+         ("DP" if priv["differentially_private"] else "not DP"),
+         "privacy guarantee" + (f"; membership attack AUC {mia['auc']:.2f}" if "auc" in mia else "")),
+    ]
+    k_html = "".join(f'<div class="kpi"><div class="v">{_e(v)}</div><div class="l">{_e(label)}</div></div>'
+                     for v, label in kpis)
+    return f'<section id="summary"><div class="cards">{"".join(cards)}</div><div class="kpis">{k_html}</div></section>'
+
+
+def _fairness_html(report: dict) -> str:
+    names = report["dataset"]["class_names"]
+    tstr = report["utility"]["tstr"]
+    baselines = report["utility"]["baselines"]
+    fair = report["fairness"]
+    series = [("trained on synthetic", tstr["per_class_recall"], COLORS["synthetic"])]
+    pooled = next((b for b in baselines if b["kind"] == "real_pooled"), None)
+    if pooled:
+        series.append(("trained on real (pooled)", pooled["per_class_recall"], COLORS["real_pooled"]))
+    clients = [b for b in baselines if b["kind"] == "real_client"]
+    if clients:
+        mean = np.nanmean(np.array([[np.nan if v is None else v for v in b["per_class_recall"]] for b in clients]), axis=0)
+        series.append(("each client alone (mean)", [float(v) for v in mean], COLORS["clients"]))
+    recall_svg = _bars_svg(names, series, title="per-class accuracy")
+    fid_svg = _bars_svg(names, [("label fidelity", fair["label_fidelity_per_class"], COLORS["fidelity"])],
+                        title="label fidelity", width=360)
+    hist = fair["histograms"]
+
+    def share(v):
+        v = np.asarray(v, dtype=float)
+        return list(v / v.sum()) if v.sum() > 0 else [None] * len(v)
+
+    hmax = max(max(share(hist["requested"])), max(share(hist["predicted_by_judge"])), max(share(hist["real_train"])))
+    hmax = min(1.0, math.ceil(hmax * 10 + 1e-9) / 10)
+    hist_svg = _bars_svg(names, [("judged by real-data CNN", share(hist["predicted_by_judge"]), COLORS["judged"]),
+                                 ("requested", share(hist["requested"]), COLORS["requested"]),
+                                 ("real training data", share(hist["real_train"]), COLORS["real"])],
+                         title="class histogram", max_value=hmax, width=480)
+    red = fair.get("bias_reduction_vs_clients_alone")
+    red_txt = ""
+    if red is not None:
+        red_txt = (f" Bias reduction over each client alone: <b>{_pct(red)}</b> "
+                   f"(1 − {tstr['bias']:.3f} / {fair['mean_client_bias']:.3f}).")
+    return f"""
+<h2>Fairness across classes</h2>
+<p class="note">Per-class accuracy (recall) of the classifier trained on the synthetic set, tested on real images,
+next to the same classifier families trained on real data. Gap {_pct(tstr['gap'])}, class-wise bias (population std)
+{tstr['bias']:.3f}, worst class '{_e(fair['worst_class_name'])}' at {_pct(tstr['worst_class'])}.{red_txt}</p>
+<div class="row">
+<div class="panel"><h3>Per-class accuracy on real test images</h3>{recall_svg}</div>
+<div class="panel"><h3>Label fidelity: a real-data CNN agrees with the requested class</h3>{fid_svg}
+<p class="small" style="max-width:360px">Overall {_pct(fair['label_fidelity'])}; the judge ({_e(fair['judge']['classifier'])})
+is {_pct(fair['judge']['real_test_accuracy'])} accurate on the real test split.</p></div>
+</div>
+<div class="row" style="margin-top:14px">
+<div class="panel"><h3>Confusion matrix (trained on synthetic, real test)</h3>
+{_confusion_svg(fair['confusion'], names)}</div>
+<div class="panel"><h3>Class histograms</h3>{hist_svg}
+<p class="small" style="max-width:480px">Total variation, judged vs requested: {fair['tv_distance']:.3f};
+generated labels vs real training data: {fair['tv_to_real']:.3f}.</p></div>
+</div>"""
+
+
+def _samples_html(synthetic: ImageDataset, per_class: int = 10) -> str:
+    rows = []
+    for k, name in enumerate(synthetic.class_names):
+        idx = np.flatnonzero(synthetic.labels == k)[:per_class]
+        if len(idx) == 0:
+            cell = '<span class="small">no images</span>'
+        else:
+            cell = f'<img alt="samples of class {_e(name)}" src="{_png(_strip(synthetic.images[idx]))}">'
+        rows.append(f'<tr><td><b>{_e(name)}</b></td><td>{cell}</td></tr>')
+    return f"""
+<h2>Samples per class</h2>
+<div class="panel"><table class="samples">{''.join(rows)}</table>
+<p class="small">The first {per_class} synthetic images of each class, as stored in the dataset.</p></div>"""
+
+
+def _privacy_html(report: dict, synthetic: ImageDataset, train: ImageDataset | None) -> str:
+    priv = report["privacy"]
+    mem = priv["memorization"]
+    mia = priv.get("membership") or {}
+    bg, fg, word = LEVEL_STYLE[report["summary"]["privacy"]["level"]]
+    statement = str(priv["statement"])
+    if priv["differentially_private"]:
+        dp_line = "<b>Differentially private:</b> " + _e(statement)
+    elif statement.lower().startswith("not differentially private"):
+        head, _, rest = statement.partition(":")
+        dp_line = f'<b style="color:#b91c1c">{_e(head)}</b>' + (f": {_e(rest.strip())}" if rest else "")
+    else:
+        dp_line = '<b style="color:#b91c1c">NOT differentially private:</b> ' + _e(statement)
+    client_table = ""
+    if priv.get("clients"):
+        rows = "".join(
+            f'<tr><td class="t">{_e(r.get("client"))}</td><td>{_e(r.get("n", "–"))}</td>'
+            f'<td class="t">{_e(r.get("mechanisms", ""))}</td><td>{_num(r.get("eps_lower"))}</td>'
+            f'<td>{_num(r.get("eps_estimate"))}</td><td>{_num(r.get("eps_upper"))}</td>'
+            f'<td>{_num(r.get("delta"), "{:.1e}")}</td></tr>' for r in priv["clients"])
+        client_table = ('<table><tr><th class="t">client</th><th>records</th><th class="t">mechanisms</th>'
+                        '<th>ε lower</th><th>ε estimate</th><th>ε upper</th><th>δ</th></tr>' + rows + "</table>")
+    if "auc" in mia:
+        mia_html = (f"<p class=\"note\">Loss-threshold attack ({mia['num_members']} members vs {mia['num_non_members']} non-members, "
+                    f"timesteps {', '.join(str(t) for t in mia['timesteps'])}, {mia['draws']} noise draws each): "
+                    f"<b>ROC AUC {mia['auc']:.3f}</b> (0.5 = guessing), TPR at 1% FPR <b>{_pct(mia['tpr_at_1pct_fpr'])}</b>, "
+                    f"mean loss members {mia['member_loss_mean']:.4f} vs non-members {mia['non_member_loss_mean']:.4f}. "
+                    f"Members: {_e(mia.get('members', ''))}; non-members: {_e(mia.get('non_members', ''))}.</p>")
+    else:
+        mia_html = f"<p class=\"small\">Not run: {_e(mia.get('skipped', 'no source model'))}.</p>"
+    gallery = []
+    if train is not None:
+        for p in mem["closest_pairs"]:
+            img = _strip([synthetic.images[p["synthetic_index"]], train.images[p["train_index"]]], target=48, pad=4)
+            gallery.append(
+                f'<div class="pair{" copy" if p["near_copy"] else ""}"><img alt="synthetic and nearest training image" '
+                f'src="{_png(img)}"><div>synthetic #{p["synthetic_index"]} | train #{p["train_index"]}</div>'
+                f'<div>RMS {p["rms"]:.3f}{" — COPY" if p["near_copy"] else ""}</div></div>')
+    q_train = mem.get("dcr_train_quantiles") or []
+    q_hold = mem.get("dcr_holdout_quantiles") or []
+    return f"""
+<h2>Privacy card</h2>
+<div class="panel" style="border-left:5px solid {fg}">
+<p><span class="badge" style="background:{fg}">{word}</span> {dp_line}</p>
+{client_table}
+<h3>Memorization: nearest training image of every synthetic image</h3>
+<table>
+<tr><td class="t">synthetic images within the copy threshold of a training image (RMS ≤ {mem['copy_rms']:.4f})</td><td><b>{mem['near_copies']}</b> of {mem['num_synthetic']}</td></tr>
+<tr><td class="t">real hold-out images that close to a training image (the data's own duplicates)</td><td>{mem['holdout_near_copies']} of {mem['num_holdout']}</td></tr>
+<tr><td class="t">closest synthetic–training pair, RMS per pixel</td><td>{mem['min_rms']:.3f}</td></tr>
+<tr><td class="t">median distance to closest record: training | hold-out (equal-size sets of {mem['reference_size']})</td><td>{mem['median_dcr_train']:.3f} | {mem['median_dcr_holdout']:.3f}</td></tr>
+<tr><td class="t">DCR ratio (≈ 1: no sign of memorization; well below 1: closer to the training data than unseen data is)</td><td><b>{mem['dcr_ratio']:.3f}</b></td></tr>
+<tr><td class="t">synthetic images closer to the training sample than to the hold-out (≈ 50% expected)</td><td>{_pct(mem['share_closer_to_train'])}</td></tr>
+</table>
+<p class="small">DCR quantiles (min, 5%, 25%, 50%, 75%, max) to the full training set: {', '.join(f'{v:.2f}' for v in q_train)};
+to the hold-out: {', '.join(f'{v:.2f}' for v in q_hold)}. Distances are L2 over {mem['num_pixels']} pixel values in [0, 1].</p>
+<h3>Closest pairs (synthetic | nearest training image)</h3>
+<div class="pairs">{''.join(gallery)}</div>
+<h3>Membership inference on the model</h3>
+{mia_html}
+</div>"""
+
+
+def _metrics_table(report: dict) -> str:
+    names = report["dataset"]["class_names"]
+    rows = []
+    for r in [report["utility"]["tstr"], *report["utility"]["baselines"]]:
+        rows.append(
+            f'<tr{" class=chosen" if r["kind"] == "synthetic" else ""}><td class="t">{_e(r["name"])}</td>'
+            f'<td>{r["train_size"]}</td><td class="t">{_e(r["classifier"])}</td><td>{_pct(r["accuracy"])}</td>'
+            f'<td>{_pct(r["balanced_accuracy"])}</td><td>{_pct(r["worst_class"])} ({_e(names[r["worst_class_index"]])})</td>'
+            f'<td>{_pct(r["gap"])}</td><td>{r["bias"]:.3f}</td></tr>')
+    return ('<h2>Utility: train on synthetic, test on real</h2><div class="panel"><table>'
+            '<tr><th class="t">trained on</th><th>images</th><th class="t">chosen classifier</th><th>accuracy</th>'
+            '<th>balanced acc.</th><th>worst class</th><th>gap</th><th>bias (std)</th></tr>' + "".join(rows) +
+            f'</table><p class="small">Every row is tested on the same {report["real"]["test_size"]} real test images '
+            f'({_e(report["real"]["spec"])}, test split). Each classifier was chosen among '
+            f'{_e(", ".join(report["settings"]["families"]))} by accuracy on a {_pct(report["settings"]["val_fraction"])} '
+            'validation split of its own training set — for the synthetic row, synthetic images only; the real test '
+            'split is used once, after selection.</p></div>')
+
+
+def _selection_table(report: dict) -> str:
+    models = [report["utility"]["tstr"], *report["utility"]["baselines"]]
+    cands = list(dict.fromkeys(c["candidate"] for m in models for c in m["selection"]))
+    rows = []
+    for m in models:
+        by = {c["candidate"]: c for c in m["selection"]}
+        cells = "".join(
+            (f'<td style="font-weight:700;background:#eff6ff">{_pct(by[c]["val_accuracy"])}</td>' if by[c]["chosen"]
+             else f"<td>{_pct(by[c]['val_accuracy'])}</td>") if c in by else "<td>–</td>" for c in cands)
+        rows.append(f'<tr><td class="t">{_e(m["name"])}</td><td>{m["num_fit"]} / {m["num_val"]}</td>{cells}</tr>')
+    head = "".join(f"<th>{_e(c)}</th>" for c in cands)
+    return ('<h3>Model selection: validation accuracy of every candidate (chosen in bold)</h3><table>'
+            f'<tr><th class="t">training set</th><th>fit / val. images</th>{head}</tr>' + "".join(rows) + "</table>"
+            '<p class="small">Validation images are a stratified split of each row\'s own training set; the chosen '
+            'candidate is then refitted on the whole training set.</p>')
+
+
+def _comparison_html(report: dict) -> str:
+    comp = report.get("comparison")
+    if not comp:
+        return ""
+    cols = [c for c in comp["columns"] if c != "direction"]
+    pct_rows = {"accuracy", "balanced_accuracy", "worst_class", "gap", "bias_reduction", "utility_ratio",
+                "label_fidelity", "worst_class_fidelity", "mia_tpr_at_1pct_fpr"}
+    body = []
+    for r in comp["table"]:
+        m = r["metric"]
+        vals = [r.get(c) for c in cols]
+        finite = [v for v in vals if isinstance(v, (int, float))]
+        best = (max(finite) if r["direction"] == "higher" else min(finite)) if finite else None
+        cells = []
+        for v in vals:
+            if v is None:
+                txt = "∞ (not DP)" if m == "epsilon" else "–"
+            elif m in pct_rows:
+                txt = _pct(v)
+            elif m == "near_copies":
+                txt = f"{int(v)}"
+            else:
+                txt = f"{v:.3f}"
+            style = ' style="font-weight:700;background:#ecfdf5"' if (best is not None and v == best and len(finite) > 1) else ""
+            cells.append(f"<td{style}>{txt}</td>")
+        body.append(f'<tr><td class="t">{_e(m)}</td>{"".join(cells)}<td class="t">{_e(r["direction"])}</td></tr>')
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    return (f'<h2>Comparison</h2><div class="panel"><table><tr><th class="t">metric</th>{head}<th class="t">better</th></tr>'
+            + "".join(body) + f'</table><p class="small">bias_reduction = 1 − bias / bias of the reference '
+            f'({_e(comp["reference"])}); best value per row highlighted.</p></div>')
+
+
+def _definitions_html() -> str:
+    return """
+<h2>How to read this report</h2>
+<div class="panel"><dl>
+<dt>Accuracy, balanced accuracy</dt><dd>Share of real test images classified correctly; the mean of the per-class accuracies (recalls).</dd>
+<dt>Worst class, gap, class-wise bias</dt><dd>Lowest per-class accuracy; highest minus lowest; population standard deviation of the per-class accuracies (0 = every class served equally).</dd>
+<dt>Bias reduction of A over B</dt><dd>1 − bias<sub>A</sub> / bias<sub>B</sub>: 0.4 means A's class-wise bias is 40% lower.</dd>
+<dt>Label fidelity</dt><dd>Share of images generated for class k that a CNN trained on real data assigns to class k.</dd>
+<dt>Total variation (TV)</dt><dd>½ Σ|p<sub>k</sub> − q<sub>k</sub>| between two class histograms (0 = same proportions).</dd>
+<dt>DCR, DCR ratio, near copies</dt><dd>Distance from a synthetic image to its closest real record; median to training over median to unseen hold-out (equal-size sets); images within a few grey levels of a training image.</dd>
+<dt>Membership inference AUC</dt><dd>How well "low denoising loss ⇒ training image" separates training from unseen images (0.5 = no better than guessing).</dd>
+</dl></div>"""
+
+
+def render_html(report: dict, *, synthetic: ImageDataset, train: ImageDataset | None = None) -> str:
+    ds = report["dataset"]
+    src = ds.get("source") or {}
+    made_by = ", ".join(f"{k} {v}" for k, v in src.items()) if src else "unknown model"
+    notes = "".join(f"<li>{_e(n)}</li>" for n in report.get("notes", []))
+    notes_html = f'<div class="panel note" style="margin-top:12px"><ul style="margin:0">{notes}</ul></div>' if notes else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>synthfed audit: {_e(report['name'])}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
+<body><main>
+<h1>Audit of synthetic dataset “{_e(report['name'])}”</h1>
+<div class="sub">{ds['num_images']} images, {len(ds['class_names'])} classes, {ds['image_shape'][1]}×{ds['image_shape'][2]}
+× {ds['image_shape'][0]} channel(s) · made by {_e(made_by)} · tested against real data {_e(report['real']['spec'])}
+({report['real']['train_size']} training / {report['real']['test_size']} test images) · seed {report['settings']['seed']}</div>
+{_summary_html(report)}
+{notes_html}
+{_comparison_html(report)}
+{_metrics_table(report)}
+{_fairness_html(report)}
+{_samples_html(synthetic)}
+{_privacy_html(report, synthetic, train)}
+<div class="panel" style="margin-top:14px">{_selection_table(report)}</div>
+{_definitions_html()}
+<p class="small">Written by <code>synthfed audit</code>. Machine-readable: report.json and the CSV tables next to this file.</p>
+</main></body></html>
+"""
+
+
+# --------------------------------------------------------------------------- files
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in rows:
+        writer.writerow(["" if v is None else v for v in r])
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
+
+
+def write_tables(report: dict, out_dir: Path) -> list[Path]:
+    """per_class.csv, classifiers.csv, selection.csv, confusion.csv, closest_pairs.csv (+ privacy_clients.csv, comparison.csv)."""
+    names = report["dataset"]["class_names"]
+    fair = report["fairness"]
+    models = [report["utility"]["tstr"], *report["utility"]["baselines"]]
+    written = []
+    hist = fair["histograms"]
+    header = ["class", "requested", "generated", "judged_as", "real_train", "real_test", "label_fidelity"]
+    header += [f"recall[{m['name']}]" for m in models]
+    rows = [[n, hist["requested"][k], hist["generated"][k], hist["predicted_by_judge"][k], hist["real_train"][k],
+             report["real"]["test_counts"][k], fair["label_fidelity_per_class"][k],
+             *[m["per_class_recall"][k] for m in models]] for k, n in enumerate(names)]
+    _write_csv(out_dir / "per_class.csv", header, rows)
+    written.append(out_dir / "per_class.csv")
+    _write_csv(out_dir / "classifiers.csv",
+               ["trained_on", "kind", "train_size", "classifier", "accuracy", "balanced_accuracy", "worst_class",
+                "worst_class_name", "gap", "bias"],
+               [[m["name"], m["kind"], m["train_size"], m["classifier"], m["accuracy"], m["balanced_accuracy"],
+                 m["worst_class"], names[m["worst_class_index"]], m["gap"], m["bias"]] for m in models])
+    written.append(out_dir / "classifiers.csv")
+    _write_csv(out_dir / "selection.csv", ["trained_on", "candidate", "family", "params", "val_accuracy", "fit_seconds", "chosen"],
+               [[m["name"], s["candidate"], s["family"], json.dumps(s["params"], sort_keys=True), s["val_accuracy"],
+                 s["fit_seconds"], s["chosen"]] for m in models for s in m["selection"]])
+    written.append(out_dir / "selection.csv")
+    _write_csv(out_dir / "confusion.csv", ["true \\ predicted", *names],
+               [[n, *fair["confusion"][k]] for k, n in enumerate(names)])
+    written.append(out_dir / "confusion.csv")
+    mem = report["privacy"]["memorization"]
+    _write_csv(out_dir / "closest_pairs.csv",
+               ["synthetic_index", "train_index", "distance", "rms", "holdout_distance", "near_copy"],
+               [[p["synthetic_index"], p["train_index"], p["distance"], p["rms"], p["holdout_distance"], p["near_copy"]]
+                for p in mem["closest_pairs"]])
+    written.append(out_dir / "closest_pairs.csv")
+    clients = report["privacy"].get("clients") or []
+    if clients:
+        keys = list(clients[0])
+        _write_csv(out_dir / "privacy_clients.csv", keys, [[r.get(k) for k in keys] for r in clients])
+        written.append(out_dir / "privacy_clients.csv")
+    comp = report.get("comparison")
+    if comp:
+        cols = ["metric", *comp["columns"]]
+        _write_csv(out_dir / "comparison.csv", cols, [[r.get(c) for c in cols] for r in comp["table"]])
+        written.append(out_dir / "comparison.csv")
+    return written
+
+
+def write_report(report: dict, out_dir: str | Path, *, synthetic: ImageDataset, train: ImageDataset | None = None,
+                 holdout: ImageDataset | None = None) -> dict[str, Path]:
+    """Write report.html, report.json and the CSV tables into ``out_dir`` (created if needed).
+
+    ``synthetic`` and ``train`` supply the pixels of the sample grid and the
+    closest-pair gallery (the report itself stores only indices).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out_dir / "report.json",
+                       (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
+    write_bytes_atomic(out_dir / "report.html", render_html(report, synthetic=synthetic, train=train).encode("utf-8"))
+    tables = write_tables(report, out_dir)
+    paths = {"html": out_dir / "report.html", "json": out_dir / "report.json", **{p.stem: p for p in tables}}
+    _shareable(paths.values())
+    return paths
+
+
+def _shareable(paths) -> None:
+    """Atomic writes create 0600 temp files; a report is meant to be read by others (umask still applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in paths:
+        try:
+            os.chmod(p, 0o666 & ~umask)
+        except OSError:
+            pass

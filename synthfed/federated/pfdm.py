@@ -1,0 +1,243 @@
+"""PFDM (Patel et al. 2025): split the diffusion timeline at t0.
+
+Each client uploads forward-noised copies of its clipped images at t0 once
+(a Gaussian mechanism, see ``synthfed.privacy.forward_noise``). The server
+trains the *shared* high-noise denoiser on the pooled uploads over the
+sub-chain t0 < t < T (post-processing: no further privacy cost); each client
+trains its *own* low-noise denoiser on its raw images for t ≤ t0, which never
+leaves it (DP-SGD optional, ``--local-epsilon``). Sampling runs the shared
+model from T down to t0 and hands over to the client's model.
+
+The loop reuses ``client_update`` for both kinds of training and the
+checkpoint format of the FedAvg-style engine: global = shared model, each
+client's local state = its whole low-noise model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthfed.checkpoint import RoundCheckpoint, latest_round_dir, load_round, read_run_file, save_round, write_run_file
+from synthfed.config import TrainConfig
+from synthfed.data import FederatedData
+from synthfed.diffusion.sampling import EpsFn, run_chain
+from synthfed.diffusion.schedule import NoiseSchedule
+from synthfed.federated.client import LocalTraining, client_update
+from synthfed.federated.simulation import TrainResult, _check_same_data, _run_info, derive_seed, model_spec_for, resolve_device
+from synthfed.model.presets import build_unet
+from synthfed.privacy.accountant import compute_epsilon
+from synthfed.privacy.calibration import default_delta
+from synthfed.privacy.forward_noise import choose_t0, make_uploads, upload_mechanisms
+from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
+from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
+
+SERVER = -1  # seed stream of the server's training
+
+
+def resolve_clip_norm(config: TrainConfig, image_shape: tuple[int, int, int]) -> float:
+    """Default C = sqrt(#pixels): the largest norm an image in [-1, 1] can have,
+    so clipping changes no image and the hand-off distribution is the data's."""
+    return config.clip_norm if config.clip_norm is not None else math.sqrt(float(np.prod(image_shape)))
+
+
+def plan_t0(config: TrainConfig, fed: FederatedData, alphas_cumprod: torch.Tensor) -> tuple[int, float]:
+    """One t0 for everyone: the largest of the clients' smallest admissible t0
+    (each client has its own δ), so every client meets its (ε, δ)."""
+    clip = resolve_clip_norm(config, fed.clients[0].image_shape)
+    if config.t0 is not None:
+        return config.t0, clip
+    t0 = 0
+    for data in fed.clients:
+        delta = config.delta if config.delta is not None else default_delta(len(data))
+        choice = choose_t0(alphas_cumprod, epsilon=config.epsilon, delta=delta, clip_norm=clip,
+                           copies=config.upload_copies, label_epsilon=config.label_epsilon)
+        t0 = max(t0, choice.t0)
+    return t0, clip
+
+
+def _ledger(config: TrainConfig, fed: FederatedData, sgd) -> PrivacyLedger:
+    if sgd is not None:
+        return sgd.ledger
+    clients = {}
+    for cid, data in enumerate(fed.clients):
+        delta = config.delta if config.delta is not None else default_delta(len(data))
+        clients[str(cid)] = ClientLedger(client_id=str(cid), num_records=len(data), delta=delta,
+                                         epsilon_budget=None, entries=[])
+    return PrivacyLedger(clients=clients)
+
+
+def run_pfdm(
+    config: TrainConfig,
+    fed: FederatedData,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: Progress = null_progress,
+    stop_after_round: int | None = None,
+) -> TrainResult:
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    spec = model_spec_for(config, fed)
+    schedule = config.schedule()
+    acp = schedule.alphas_cumprod()
+    t0, clip = plan_t0(config, fed, acp)
+    high = schedule.sub_chain(start=t0 + 1)
+    sgd = None
+    if config.local_epsilon is not None:
+        from synthfed.privacy.training import PrivateTraining
+
+        sgd = PrivateTraining.plan(config, fed, epsilon=config.local_epsilon)
+    ledger = _ledger(config, fed, sgd)
+    for cid, data in enumerate(fed.clients):
+        # The budget is the planned composition: uploads plus DP-SGD (if any).
+        client = ledger.clients[str(cid)]
+        planned = upload_mechanisms(float(acp[t0]), clip_norm=clip, copies=config.upload_copies,
+                                    label_epsilon=config.label_epsilon)
+        if sgd is not None:
+            nz = sgd.noise[cid]
+            from synthfed.privacy.accountant import SubsampledGaussian
+
+            planned.append(SubsampledGaussian(noise_multiplier=nz.noise_multiplier, sampling_rate=nz.sampling_rate,
+                                              steps=nz.planned_steps))
+        client.epsilon_budget = compute_epsilon(planned, delta=client.delta).epsilon_upper
+
+    torch.manual_seed(config.seed)
+    model = build_unet(spec)
+    keys = list(model.state_dict())
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    shared, shared_ema = dict(init), {k: v.clone() for k, v in init.items()}
+    local = {cid: {k: v.clone() for k, v in init.items()} for cid in range(len(fed.clients))}
+    local_ema = {cid: {k: v.clone() for k, v in init.items()} for cid in range(len(fed.clients))}
+    ema_steps = {cid: 0 for cid in [SERVER, *range(len(fed.clients))]}
+    history: list[dict] = []
+    start_round = 1
+    latest = latest_round_dir(run_dir) if run_dir.exists() else None
+    if latest is not None and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and latest is not None:
+        _check_same_data(read_run_file(run_dir), fed)
+        ckpt = load_round(latest, spec, shared_keys=set(keys), local_keys=set(keys))
+        start_round, history = ckpt.server_round + 1, ckpt.history
+        shared, shared_ema = ckpt.global_state, ckpt.global_ema
+        local.update(ckpt.local_states)
+        local_ema.update(ckpt.local_emas)
+        ema_steps.update(ckpt.ema_steps)
+        if ckpt.ledger is None:
+            raise RuntimeError("the checkpoint of a PFDM run has no privacy ledger; refusing to resume blind")
+        ledger = PrivacyLedger.from_dict(ckpt.ledger)
+        if sgd is not None:
+            sgd.ledger = ledger
+        progress(Message(f"resuming {run_dir} after round {ckpt.server_round}"))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info = _run_info(config, fed, spec)
+        info["pfdm"] = {"t0": t0, "clip_norm": clip, "upload_noise_std": math.sqrt((1 - float(acp[t0])) / float(acp[t0]))}
+        write_run_file(run_dir, info)
+    progress(Message(f"PFDM hand-off at t0={t0} of T={schedule.num_train_timesteps} (clip norm {clip:.3g})"))
+
+    # The uploads: re-created identically on resume (same seeds), so a resumed
+    # run makes the same release rather than a second one.
+    uploads, upload_labels = [], []
+    for cid, data in enumerate(fed.clients):
+        images, labels = data.to_tensor()
+        gen = torch.Generator().manual_seed(derive_seed(config.seed, 0, cid))
+        x, y = make_uploads(images, labels, alpha_bar=float(acp[t0]), clip_norm=clip, copies=config.upload_copies,
+                            num_classes=len(fed.class_names), label_epsilon=config.label_epsilon, generator=gen)
+        uploads.append(x)
+        upload_labels.append(y)
+        if start_round == 1:
+            for m in upload_mechanisms(float(acp[t0]), clip_norm=clip, copies=config.upload_copies,
+                                       label_epsilon=config.label_epsilon):
+                ledger.clients[str(cid)].record(m, round=1, note=f"forward-noise upload at t0={t0}")
+    pooled_x, pooled_y = torch.cat(uploads), torch.cat(upload_labels)
+
+    def plan(timestep_range, offset):
+        return LocalTraining(epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
+                             label_dropout=config.label_dropout, null_label=spec.null_label, ema_decay=config.ema_decay,
+                             precision=config.precision, multiplicity=config.noise_multiplicity,
+                             timestep_range=timestep_range, timestep_offset=offset)
+
+    server_plan = plan(None, t0 + 1)
+    client_plan = plan((0, t0 + 1), 0)
+    tensors = [c.to_tensor() for c in fed.clients]
+    last_round = config.rounds if stop_after_round is None else min(config.rounds, stop_after_round)
+    last_dir = latest
+    progress(TaskStarted("round", "rounds", config.rounds))
+    if start_round > 1:
+        progress(TaskAdvanced("round", start_round - 1))
+    for server_round in range(start_round, last_round + 1):
+        metrics: dict = {"round": server_round, "clients": {}}
+        gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, 10**6))
+        update = client_update(model, state=shared, ema=shared_ema, ema_step=ema_steps[SERVER], images=pooled_x,
+                               labels=pooled_y, plan=server_plan, alphas_cumprod=high.alphas_cumprod(), generator=gen,
+                               device=device, progress=progress)
+        shared, shared_ema, ema_steps[SERVER] = update.state, update.ema, update.ema_step
+        metrics["server"] = update.metrics
+        rng = np.random.default_rng([config.seed, server_round])
+        k = config.clients_per_round(len(fed.clients))
+        chosen = sorted(int(c) for c in rng.choice(len(fed.clients), size=k, replace=False))
+        progress(TaskStarted("client", f"round {server_round}: clients", len(chosen)))
+        for cid in chosen:
+            gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
+            factory = None
+            if sgd is not None:
+                if not sgd.may_train(cid, server_round=server_round):
+                    progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
+                    continue
+                factory = sgd.stepper_factory(cid, gen)
+            images, labels = tensors[cid]
+            upd = client_update(model, state=local[cid], ema=local_ema[cid], ema_step=ema_steps[cid], images=images,
+                                labels=labels, plan=client_plan, alphas_cumprod=acp, generator=gen, device=device,
+                                stepper_factory=factory, progress=progress)
+            if sgd is not None:
+                sgd.record(cid, server_round=server_round, mechanisms=upd.mechanisms)
+            local[cid], local_ema[cid], ema_steps[cid] = upd.state, upd.ema, upd.ema_step
+            metrics["clients"][str(cid)] = upd.metrics
+            progress(TaskAdvanced("client", 1, {"client": cid, **upd.metrics}))
+        progress(TaskFinished("client"))
+        losses = [m["loss"] for m in metrics["clients"].values()]
+        metrics["mean_loss"] = float(np.mean(losses)) if losses else None
+        history.append(metrics)
+        last_dir = save_round(run_dir, spec, RoundCheckpoint(
+            server_round=server_round, global_state=shared, global_ema=shared_ema, local_states=local,
+            local_emas=local_ema, ema_steps=ema_steps, history=history, ledger=ledger.to_dict()))
+        progress(TaskAdvanced("round", 1, {"round": server_round, "loss": metrics["mean_loss"]}))
+    progress(TaskFinished("round"))
+    if last_dir is None:
+        raise RuntimeError("no round was completed")
+    return TrainResult(run_dir=run_dir, rounds_completed=len(history), history=history, last_round_dir=last_dir)
+
+
+@torch.no_grad()
+def pfdm_sample(
+    shared_eps: EpsFn,
+    client_eps: EpsFn,
+    *,
+    labels: torch.Tensor,
+    image_shape: tuple[int, int, int],
+    schedule: NoiseSchedule,
+    t0: int,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    ddpm_variance: str = "fixed_small",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The shared model from T down to t0 (its sub-chain ends at x_{t0}), then
+    the client's model from t0 to 0. Steps are split in proportion to the
+    two stretches of the timeline."""
+    T = schedule.num_train_timesteps
+    high_len = T - t0 - 1
+    high_steps = max(1, min(high_len, round(num_steps * high_len / T)))
+    low_steps = max(1, min(t0 + 1, num_steps - high_steps))
+    x = torch.randn((labels.shape[0], *image_shape), generator=generator, device=labels.device)
+    high = schedule.sub_chain(start=t0 + 1)
+    # x_{t0} is a noisy image, not in [-1, 1]: no clipping of the sub-chain's "x0".
+    x = run_chain(shared_eps, x, scheduler=high.scheduler(sampler, clip_sample=False, variance_type=ddpm_variance),
+                  labels=labels, num_steps=high_steps, timestep_offset=high.offset, generator=generator)
+    low = schedule.sub_chain(start=0, stop=t0 + 1)
+    x = run_chain(client_eps, x, scheduler=low.scheduler(sampler, clip_sample=True, variance_type=ddpm_variance),
+                  labels=labels, num_steps=low_steps, generator=generator)
+    return x.clamp(-1.0, 1.0)
