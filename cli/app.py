@@ -44,7 +44,7 @@ def parse_participation(text: str) -> float:
 def train(
     data: str = typer.Option("digits", help="Data source: digits | fashion-mnist[:DIR] | idx:IMAGES,LABELS | folder:DIR | csv:FILE; with --partition folders, a folder of per-client folders."),
     out_dir: Path = typer.Option(Path("runs/run"), "--out", help="Run directory (checkpoints, run.json, ledger)."),
-    strategy: str = typer.Option("fedavg", help="fedavg | centralized (pooled data, same compute) | local (each client alone)."),
+    strategy: str = typer.Option("fedavg", help="fedavg | centralized (pooled data, same compute) | local (each client alone) | fedper | fedrep (shared backbone, local head) | pfdm (timestep split)."),
     clients: int = typer.Option(4, help="Number of clients K to split the data over."),
     partition: str = typer.Option("dirichlet", help="dirichlet | iid | folders (DATA holds one folder per client)."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration: small = very non-IID."),
@@ -59,10 +59,18 @@ def train(
     preset: str = typer.Option("small", help="Model size: tiny | small | paper."),
     image_size: Optional[int] = typer.Option(None, help="Resize images to this square size (default: the data's own; digits: 16)."),
     timesteps: int = typer.Option(1000, help="Diffusion steps T of the linear beta schedule."),
-    epsilon: Optional[float] = typer.Option(None, help="Train with DP-SGD so each client's records are (epsilon, delta)-DP."),
+    epsilon: Optional[float] = typer.Option(None, help="Each client's records are (epsilon, delta)-DP: DP-SGD noise (pfdm: the upload's t0) calibrated to it."),
     delta: Optional[float] = typer.Option(None, help="DP delta per client (default 1/(10 n_k))."),
     max_grad_norm: float = typer.Option(1.0, help="DP-SGD per-example clipping norm C."),
     noise_multiplicity: int = typer.Option(1, help="DP-SGD: (t, noise) draws averaged per example before clipping."),
+    head: str = typer.Option("up", help="fedper/fedrep: the local head: up | out | class-embedding, or glob patterns like 'up_blocks.1.*,conv_out.*'."),
+    head_epochs: int = typer.Option(1, help="fedrep: head-only epochs before the body epochs."),
+    t0: Optional[int] = typer.Option(None, help="pfdm: hand-off timestep (default: the accountant picks it from --epsilon)."),
+    clip_norm: Optional[float] = typer.Option(None, help="pfdm: L2 clip of each image before upload (default sqrt(#pixels): no image changes)."),
+    upload_copies: int = typer.Option(1, help="pfdm: noised copies uploaded per image (they compose)."),
+    label_epsilon: Optional[float] = typer.Option(None, help="pfdm: protect uploaded labels by randomized response with this epsilon."),
+    public_labels: bool = typer.Option(False, "--public-labels", help="pfdm: declare labels public (uploaded as they are)."),
+    local_epsilon: Optional[float] = typer.Option(None, help="pfdm: also train the local low-noise denoisers with DP-SGD at this epsilon."),
     precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast; clipping stays fp32)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     seed: int = typer.Option(0, help="Seed of the partition, initialisation and every draw."),
@@ -84,6 +92,8 @@ def train(
                 participation=parse_participation(participation), batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                 label_dropout=label_dropout, precision=precision, preset=preset, num_train_timesteps=timesteps,
                 epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, noise_multiplicity=noise_multiplicity,
+                head=head, head_epochs=head_epochs, t0=t0, clip_norm=clip_norm, upload_copies=upload_copies,
+                label_epsilon=label_epsilon, public_labels=public_labels, local_epsilon=local_epsilon,
                 device=device, seed=seed,
             ).validate()
         with RichProgress(err) as progress:
@@ -190,6 +200,9 @@ def register_subcommands() -> None:
     from synthfed.cli.privacy_cmds import privacy_app
 
     app.add_typer(privacy_app, name="privacy")
+    from synthfed.cli.experiment_cmds import experiment_app
+
+    app.add_typer(experiment_app, name="experiment")
     from synthfed.cli.audit_cmds import register as register_audit
     register_audit(app)
 

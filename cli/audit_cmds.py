@@ -40,14 +40,15 @@ def _check_dataset_dir(path: Path, what: str) -> None:
 
 
 def audit(
-    dataset_dir: Path = typer.Argument(..., help="A generated dataset folder (manifest.csv + images, from `synthfed generate`)."),
-    real: str = typer.Option(..., "--real", help="The real data the model was trained on, as for train --data (its test split is the yardstick)."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder for report.html, report.json and the CSV tables (created; files in it are replaced)."),
-    run: Optional[Path] = typer.Option(None, "--run", help="The run that produced the images (default: the dataset card's source); enables per-client baselines and the membership attack."),
-    compare: Optional[List[Path]] = typer.Option(None, "--compare", help="Another generated dataset to audit and compare (repeat the option for several)."),
-    reference: Optional[str] = typer.Option(None, help="Folder name of the dataset that bias reduction is measured against (default: the first --compare)."),
+    dataset_dir: Path = typer.Argument(..., metavar="DATASET_DIR", help="A generated dataset folder (manifest.csv + images, from `synthfed generate`)."),
+    real: str = typer.Option(..., "--real", metavar="SPEC", help="The real data the model was trained on, as for train --data (its test split is the yardstick)."),
+    out_dir: Path = typer.Option(..., "--out", metavar="REPORT_DIR", help="Folder for report.html, report.json and the CSV tables (created; files in it are replaced)."),
+    run: Optional[Path] = typer.Option(None, "--run", metavar="RUN_DIR", help="The run that produced the images (default: the dataset card's source); enables per-client baselines and the membership attack."),
+    compare: Optional[List[Path]] = typer.Option(None, "--compare", metavar="DIR", help="Another generated dataset to audit and compare (repeat the option for several)."),
+    reference: Optional[str] = typer.Option(None, metavar="NAME", help="Folder name of the dataset that bias reduction is measured against (default: the first --compare)."),
     classifiers: str = typer.Option("logreg,mlp,cnn", help="Downstream classifier families to select from: any of logreg, mlp, cnn."),
     cnn_epochs: str = typer.Option("3,10", help="Epoch budgets tried for the CNN candidates."),
+    judge_epochs: int = typer.Option(10, help="Epochs of the real-data CNN that judges label fidelity."),
     no_mia: bool = typer.Option(False, "--no-mia", help="Skip the membership-inference attack."),
     seed: int = typer.Option(0, help="Seed of the validation splits, classifiers and attack noise."),
 ) -> None:
@@ -67,6 +68,8 @@ def audit(
         epochs = ()
     if not epochs or min(epochs) < 1:
         _fail(f"--cnn-epochs must be positive whole numbers like 3,10, not {cnn_epochs!r}")
+    if judge_epochs < 1:
+        _fail("--judge-epochs must be at least 1")
     _check_dataset_dir(dataset_dir, "dataset")
     compare = list(compare or [])
     for c in compare:
@@ -81,7 +84,8 @@ def audit(
     if reference is not None and not compare:
         _fail("--reference needs --compare")
 
-    common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, mia=not no_mia)
+    common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, judge_epochs=judge_epochs,
+                  mia=not no_mia)
     try:
         with RichProgress(err) as progress:
             others = {}

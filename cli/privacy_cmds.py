@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import numpy as np
 from pathlib import Path
 from typing import Optional
 
@@ -86,8 +88,18 @@ def calibrate(
     batch_size: int = typer.Option(32, help="Expected batch size B (q = B / n_k)."),
     rounds: int = typer.Option(5, help="Rounds R (calibrated as if the client takes part in all)."),
     local_epochs: int = typer.Option(1, help="Local epochs E per round."),
+    strategy: str = typer.Option("fedavg", help="fedavg (and every DP-SGD strategy) | pfdm (prints the t0 <-> epsilon curve)."),
+    timesteps: int = typer.Option(1000, help="pfdm: diffusion steps T of the linear schedule."),
+    image_size: Optional[int] = typer.Option(None, help="pfdm: image size (default: the data's)."),
+    clip_norm: Optional[float] = typer.Option(None, help="pfdm: clip norm C (default sqrt(#pixels))."),
+    upload_copies: int = typer.Option(1, help="pfdm: noised copies per image."),
+    label_epsilon: Optional[float] = typer.Option(None, help="pfdm: randomized-response epsilon of the labels."),
 ) -> None:
-    """What noise multiplier does each client need for (epsilon, delta) with this plan? Trains nothing."""
+    """What noise does each client need for (epsilon, delta) with this plan? Trains nothing."""
+    if strategy == "pfdm":
+        _calibrate_pfdm(epsilon=epsilon, delta=delta, n=n, data=data, timesteps=timesteps, image_size=image_size,
+                        clip_norm=clip_norm, copies=upload_copies, label_epsilon=label_epsilon)
+        return
     from synthfed.privacy.accountant import SubsampledGaussian, compute_epsilon
     from synthfed.privacy.calibration import (
         CalibrationError,
@@ -128,3 +140,36 @@ def calibrate(
         check = compute_epsilon([SubsampledGaussian(noise_multiplier=sigma, sampling_rate=q, steps=steps)], delta=d)
         table.add_row(name, str(size), _fmt(d, 3), _fmt(q), str(steps), _fmt(sigma, 5), _fmt(check.epsilon_upper))
     out.print(table)
+
+
+def _calibrate_pfdm(*, epsilon, delta, n, data, timesteps, image_size, clip_norm, copies, label_epsilon) -> None:
+    import math
+
+    from synthfed.data import DataError, load_source
+    from synthfed.diffusion import NoiseSchedule
+    from synthfed.privacy.calibration import CalibrationError, default_delta
+    from synthfed.privacy.forward_noise import choose_t0, t0_curve
+
+    try:
+        dataset = load_source(data, split="train")
+        if image_size is not None:
+            dataset = dataset.resized(image_size)
+        acp = NoiseSchedule(num_train_timesteps=timesteps).alphas_cumprod()
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    records = n if n is not None else len(dataset)
+    d = delta if delta is not None else default_delta(records)
+    clip = clip_norm if clip_norm is not None else math.sqrt(float(np.prod(dataset.image_shape)))
+    curve = t0_curve(acp, delta=d, clip_norm=clip, copies=copies, label_epsilon=label_epsilon)
+    table = Table(title=f"PFDM upload: epsilon at each hand-off step t0 (delta={d:.3g}, C={clip:.3g}, m={copies})")
+    for col in ["t0", "alpha-bar", "noise multiplier", "eps upper"]:
+        table.add_column(col, justify="right")
+    for t, sigma, eps in curve:
+        table.add_row(str(t), _fmt(float(acp[t])), _fmt(sigma), _fmt(eps))
+    out.print(table)
+    try:
+        choice = choose_t0(acp, epsilon=epsilon, delta=d, clip_norm=clip, copies=copies, label_epsilon=label_epsilon)
+    except CalibrationError as exc:
+        _fail(str(exc))
+    out.print(f"smallest t0 meeting epsilon={epsilon:g}: t0={choice.t0} (eps upper {choice.report.epsilon_upper:.4g}, "
+              f"noise multiplier {choice.noise_multiplier:.4g}; {choice.report.accountant})")

@@ -65,7 +65,7 @@ class Candidate:
     params: dict
 
     def fit(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int) -> FittedClassifier:
-        labels = np.asarray(labels, dtype=np.int64)
+        labels = np.array(labels, dtype=np.int64)  # writable copy (torch warns on read-only views)
         if self.family == "cnn":
             from synthfed.evaluate.classifier import CNNTraining, cnn_predict, train_cnn
 

@@ -326,7 +326,7 @@ def _privacy_html(report: dict, synthetic: ImageDataset, train: ImageDataset | N
 <table>
 <tr><td class="t">synthetic images within the copy threshold of a training image (RMS ≤ {mem['copy_rms']:.4f})</td><td><b>{mem['near_copies']}</b> of {mem['num_synthetic']}</td></tr>
 <tr><td class="t">real hold-out images that close to a training image (the data's own duplicates)</td><td>{mem['holdout_near_copies']} of {mem['num_holdout']}</td></tr>
-<tr><td class="t">closest synthetic–training pair, RMS per pixel</td><td>{mem['min_rms']:.3f}</td></tr>
+<tr><td class="t">closest synthetic–training pair, RMS per pixel (real hold-out–training: closest {mem['holdout_min_rms']:.3f}, median {mem['holdout_median_rms']:.3f})</td><td>{mem['min_rms']:.3f}</td></tr>
 <tr><td class="t">median distance to closest record: training | hold-out (equal-size sets of {mem['reference_size']})</td><td>{mem['median_dcr_train']:.3f} | {mem['median_dcr_holdout']:.3f}</td></tr>
 <tr><td class="t">DCR ratio (≈ 1: no sign of memorization; well below 1: closer to the training data than unseen data is)</td><td><b>{mem['dcr_ratio']:.3f}</b></td></tr>
 <tr><td class="t">synthetic images closer to the training sample than to the hold-out (≈ 50% expected)</td><td>{_pct(mem['share_closer_to_train'])}</td></tr>

@@ -32,16 +32,8 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from synthfed.model.presets import add_contiguous_inputs  # the fix; tests patch this name here
 from synthfed.privacy.accountant import SubsampledGaussian
-
-
-def _contiguous_inputs(module: nn.Module, args: tuple) -> tuple:
-    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
-
-
-def add_contiguous_conv_inputs(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-    """Register the fix on every Conv2d; returns the handles to remove it."""
-    return [m.register_forward_pre_hook(_contiguous_inputs) for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
 def poisson_batches(n: int, *, sampling_rate: float, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -78,7 +70,7 @@ class DPSGDStepper:
         self.max_grad_norm = max_grad_norm
         self.physical_batch_size = physical_batch_size
         self.generator = generator
-        self._fix_handles = add_contiguous_conv_inputs(model)
+        self._fix_handles = add_contiguous_inputs(model)
         # loss_reduction="sum" on the module: per-row gradients are exactly the
         # gradients of the loss we backpropagate (no hidden rescaling by the
         # row count); the optimizer then averages by the *expected* batch size.

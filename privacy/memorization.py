@@ -16,10 +16,12 @@ difference, L2 / sqrt(D), which does not depend on the image size.
   image is below ``copy_rms`` (default 2/255 ≈ 0.008: on average less than two
   grey levels of 255 per pixel). PNG storage is lossless, so a copied training
   image has distance exactly 0; the slack absorbs uint8 rounding of a
-  re-sampled or re-quantised copy while staying far below the distance between
-  two different images of the same class (typically 0.1–0.3 RMS). How many
-  hold-out images are that close to a training image is reported as well: real
-  data sets contain duplicates, and that count is the baseline.
+  re-quantised copy while staying well below the distance between two
+  *different* real images: measured here, the closest test–train pair is
+  0.031 RMS on digits 8×8 (median 0.071) and 0.048 on Fashion-MNIST (1,000 test
+  vs 20,000 train images; median 0.135). How many hold-out images fall within
+  the threshold of a training image, and their nearest distances, are reported
+  as well: real data sets contain duplicates, and that is the baseline.
 """
 
 from __future__ import annotations
@@ -157,5 +159,7 @@ def nearest_neighbour_audit(
         "near_copy_indices": [int(i) for i in copies],
         "holdout_near_copies": int((holdout_dcr <= threshold).sum()),
         "holdout_median_dcr_train": float(np.median(holdout_dcr)),
+        "holdout_min_rms": float(holdout_dcr.min() / scale),
+        "holdout_median_rms": float(np.median(holdout_dcr) / scale),
         "closest_pairs": pairs,
     }

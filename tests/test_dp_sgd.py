@@ -96,7 +96,7 @@ def test_per_example_gradients_match_a_per_example_loop_for_every_parameter(pres
 
 def test_without_the_contiguous_fix_opacus_gets_conv_gradients_wrong(monkeypatch):
     # Prepare: the Opacus bug of DESIGN.md §4 must be real, or the fix is untested
-    monkeypatch.setattr(dp_sgd, "add_contiguous_conv_inputs", lambda model: [])
+    monkeypatch.setattr(dp_sgd, "add_contiguous_inputs", lambda model: [])
     m = 1
     model, acp, x, y, t, noise = _setup("tiny", m=m)
     reference = _loop_gradients(model, acp, x, y, t, noise, m)

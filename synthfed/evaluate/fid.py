@@ -266,7 +266,7 @@ class ClassifierFeatures:
             from synthfed.progress import Message
 
             progress(Message(f"training the real-data classifier ({len(real_train)} images, {plan.epochs} epochs)"))
-            model = train_cnn(real_train.images, real_train.labels, num_classes=real_train.num_classes, plan=plan, device=device)
+            model = train_cnn(np.array(real_train.images), np.array(real_train.labels), num_classes=real_train.num_classes, plan=plan, device=device)
             if cache is not None:
                 cache.save_classifier(key, model, info={"train_fingerprint": real_train.fingerprint(), "source": real_train.source})
         return cls(model.cpu(), id=key, image_shape=real_train.image_shape, device=device)
@@ -287,7 +287,8 @@ class ClassifierFeatures:
         progress(TaskStarted("features", f"classifier features of {len(images)} images", len(images)))
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
-            lo, fe = cnn_outputs(self.model, batch, batch_size=self.batch_size, device=self.device)
+            # a writable copy: datasets hold read-only arrays, which torch.from_numpy warns about
+            lo, fe = cnn_outputs(self.model, np.array(batch), batch_size=self.batch_size, device=self.device)
             logits.append(lo)
             feats.append(fe)
             progress(TaskAdvanced("features", len(batch)))

@@ -21,6 +21,7 @@ from torch import nn
 from synthfed.diffusion.ema import ema_decay, ema_update
 from synthfed.diffusion.loss import draw_rows, drop_labels, rows_loss
 from synthfed.federated.strategy import State
+from synthfed.model.presets import add_contiguous_inputs
 from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
 RowsLossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
@@ -84,7 +85,8 @@ class PlainStepper:
     def __init__(self, model: nn.Module, *, lr: float, batch_size: int) -> None:
         self.model = model
         self.batch_size = batch_size
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        self._fix_handles = add_contiguous_inputs(model)
 
     def steps_per_epoch(self, n: int) -> int:
         return math.ceil(n / self.batch_size)
@@ -106,6 +108,8 @@ class PlainStepper:
 
     def close(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        for handle in self._fix_handles:
+            handle.remove()
 
 
 def autocast_context(precision: str, device: torch.device):

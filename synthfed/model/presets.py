@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from diffusers import UNet2DModel
 
 MODEL_META_FILE = "synthfed_model.json"
@@ -142,6 +143,24 @@ def build_unet(spec: ModelSpec) -> UNet2DModel:
         dropout=p.dropout,
         num_class_embeds=spec.num_classes + 1,
     )
+
+
+def _contiguous_inputs(module, args: tuple) -> tuple:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def add_contiguous_inputs(model: torch.nn.Module) -> list:
+    """Make every Conv2d and GroupNorm input contiguous (forward pre-hooks;
+    returns the handles).
+
+    Layers after diffusers' attention blocks receive strided (channels-last)
+    tensors. Two failures follow on torch 2.13 CPU: Opacus's conv grad sampler
+    returns all-zero per-sample gradients for such convs (DP silently broken,
+    DESIGN.md §4), and a GroupNorm backward that needs its weight gradient but
+    not its input gradient (a frozen backbone under FedRep) segfaults.
+    Contiguous inputs avoid both, at the cost of a copy."""
+    kinds = (torch.nn.Conv2d, torch.nn.GroupNorm)
+    return [m.register_forward_pre_hook(_contiguous_inputs) for m in model.modules() if isinstance(m, kinds)]
 
 
 def save_model(model: UNet2DModel, spec: ModelSpec, directory: str | Path) -> None:
