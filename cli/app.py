@@ -49,6 +49,7 @@ def train(
     partition: str = typer.Option("dirichlet", help="dirichlet | iid | folders (DATA holds one folder per client)."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration: small = very non-IID."),
     min_partition_size: int = typer.Option(10, help="Smallest number of images a client may get."),
+    max_client_size: Optional[int] = typer.Option(None, help="Keep at most this many images per client (seeded subset; CPU-scale experiments)."),
     rounds: int = typer.Option(5, help="Federated rounds R."),
     local_epochs: int = typer.Option(1, help="Local epochs E per round."),
     participation: str = typer.Option("1.0", help="Clients per round: a fraction in (0, 1] or a count."),
@@ -88,7 +89,7 @@ def train(
         else:
             config = TrainConfig(
                 data=data, image_size=image_size, partition=partition, num_clients=clients, alpha=alpha,
-                min_partition_size=min_partition_size, strategy=strategy, rounds=rounds, local_epochs=local_epochs,
+                min_partition_size=min_partition_size, max_client_size=max_client_size, strategy=strategy, rounds=rounds, local_epochs=local_epochs,
                 participation=parse_participation(participation), batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                 label_dropout=label_dropout, precision=precision, preset=preset, num_train_timesteps=timesteps,
                 epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, noise_multiplicity=noise_multiplicity,
@@ -204,7 +205,11 @@ def register_subcommands() -> None:
 
     app.add_typer(experiment_app, name="experiment")
     from synthfed.cli.audit_cmds import register as register_audit
+
     register_audit(app)
+    from synthfed.cli.compare_cmds import register as register_compare
+
+    register_compare(app)
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ def audit(
     classifiers: str = typer.Option("logreg,mlp,cnn", help="Downstream classifier families to select from: any of logreg, mlp, cnn."),
     cnn_epochs: str = typer.Option("3,10", help="Epoch budgets tried for the CNN candidates."),
     judge_epochs: int = typer.Option(10, help="Epochs of the real-data CNN that judges label fidelity."),
+    max_real_train: Optional[int] = typer.Option(None, help="Train the real-data baselines and the judge on at most this many images (stratified; for speed on large data)."),
     no_mia: bool = typer.Option(False, "--no-mia", help="Skip the membership-inference attack."),
     seed: int = typer.Option(0, help="Seed of the validation splits, classifiers and attack noise."),
 ) -> None:
@@ -70,6 +71,8 @@ def audit(
         _fail(f"--cnn-epochs must be positive whole numbers like 3,10, not {cnn_epochs!r}")
     if judge_epochs < 1:
         _fail("--judge-epochs must be at least 1")
+    if max_real_train is not None and max_real_train < 20:
+        _fail("--max-real-train must be at least 20")
     _check_dataset_dir(dataset_dir, "dataset")
     compare = list(compare or [])
     for c in compare:
@@ -85,7 +88,7 @@ def audit(
         _fail("--reference needs --compare")
 
     common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, judge_epochs=judge_epochs,
-                  mia=not no_mia)
+                  max_real_train=max_real_train, mia=not no_mia)
     try:
         with RichProgress(err) as progress:
             others = {}

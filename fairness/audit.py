@@ -219,6 +219,18 @@ def _summaries(report: dict) -> dict:
     return {"utility": utility, "fairness": fairness, "privacy": privacy}
 
 
+def _cap(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
+    """A stratified random subset of at most ``limit`` images (all of them when ``limit`` is None)."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(dataset.labels)
+    stratify = dataset.labels if counts[counts > 0].min() >= 2 else None
+    keep, _ = train_test_split(np.arange(len(dataset)), train_size=int(limit), random_state=seed, stratify=stratify)
+    return dataset.subset(np.sort(keep))
+
+
 # --------------------------------------------------------------------------- main entry
 def run_audit(
     dataset_dir: str | Path,
@@ -232,6 +244,7 @@ def run_audit(
     judge_epochs: int = 10,
     mia: bool = True,
     mia_max_examples: int = 1000,
+    max_real_train: int | None = None,
     compare_with: dict[str, dict] | None = None,
     reference: str | None = None,
     name: str | None = None,
@@ -242,7 +255,9 @@ def run_audit(
     Writes report.html, report.json and CSV tables into ``out_dir`` (skipped when
     ``out_dir`` is None) and returns the report as a JSON-friendly dict.
     ``run_dir`` overrides the card's source run (needed for per-client baselines
-    and the membership attack). ``compare_with`` maps names to other audits'
+    and the membership attack). ``max_real_train`` caps (stratified) the real
+    training sets of the baselines and the judge, for speed on large data; the
+    memorization check always uses every training image. ``compare_with`` maps names to other audits'
     reports; the comparison table (with ``direction`` and bias reduction vs
     ``reference``) is added to this report.
     """
@@ -295,12 +310,16 @@ def run_audit(
 
     progress(Message("training real-data baselines"))
     baselines = []
-    sel_real = select_and_train(train_set, val_fraction=VAL_FRACTION, seed=seed, families=families, cnn_epochs=cnn_epochs)
-    baselines.append(_metrics_row("real, all clients pooled", "real_pooled", sel_real, real_test, len(train_set))[0])
+    fit_set = _cap(train_set, max_real_train, seed)
+    if len(fit_set) < len(train_set):
+        notes.append(f"Speed cap: the pooled real baseline and the label-fidelity judge were trained on a stratified "
+                     f"{len(fit_set)} of the {len(train_set)} real training images (--max-real-train).")
+    sel_real = select_and_train(fit_set, val_fraction=VAL_FRACTION, seed=seed, families=families, cnn_epochs=cnn_epochs)
+    baselines.append(_metrics_row("real, all clients pooled", "real_pooled", sel_real, real_test, len(fit_set))[0])
     if fed is not None and fed.num_clients > 1:
         for cname, cds in zip(fed.client_names, fed.clients):
             try:
-                sel_c = select_and_train(cds.resized(size), val_fraction=VAL_FRACTION, seed=seed, families=families,
+                sel_c = select_and_train(_cap(cds.resized(size), max_real_train, seed), val_fraction=VAL_FRACTION, seed=seed, families=families,
                                          cnn_epochs=cnn_epochs)
             except DataError as exc:
                 notes.append(f"baseline {cname} alone skipped: {exc}")
@@ -311,7 +330,8 @@ def run_audit(
     # -- fairness on the generator side
     from synthfed.evaluate.classifier import CNNTraining, cnn_predict, train_cnn
 
-    judge = train_cnn(np.array(train_set.images), np.array(train_set.labels), num_classes=k, plan=CNNTraining(epochs=judge_epochs, seed=seed))
+    judge = train_cnn(np.array(fit_set.images), np.array(fit_set.labels), num_classes=k,
+                      plan=CNNTraining(epochs=judge_epochs, seed=seed))
     judge_test_acc = float((cnn_predict(judge, np.array(real_test.images)) == real_test.labels).mean())
     judged = cnn_predict(judge, np.array(synthetic.images))
     fid_all, fid_per_class = label_fidelity(judged, synthetic.labels, k)
@@ -411,6 +431,7 @@ def run_audit(
             "val_fraction": VAL_FRACTION,
             "selection": "best validation accuracy on a stratified split of each training set; never the real test set",
             "judge_epochs": judge_epochs,
+            "max_real_train": max_real_train,
         },
         "utility": {
             "tstr": tstr,

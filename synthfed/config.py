@@ -30,6 +30,7 @@ class TrainConfig:
     num_clients: int = 4
     alpha: float = 0.5
     min_partition_size: int = 10
+    max_client_size: int | None = None  # keep at most this many images per client (CPU-scale experiments)
     # federated plan
     strategy: str = "fedavg"
     rounds: int = 5
@@ -96,6 +97,7 @@ class TrainConfig:
         need(self.num_clients >= 1, "--clients must be at least 1")
         need(self.alpha > 0, "--alpha must be positive")
         need(self.min_partition_size >= 1, "--min-partition-size must be at least 1")
+        need(self.max_client_size is None or self.max_client_size >= 1, "--max-client-size must be at least 1")
         need(self.rounds >= 1, "--rounds must be at least 1")
         need(self.local_epochs >= 1, "--local-epochs must be at least 1")
         need(self.participation > 0, "--participation must be a fraction in (0, 1] or a count >= 1")

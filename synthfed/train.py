@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData, load_client_folders, load_source, partition_dataset
 from synthfed.federated.simulation import TrainResult, run_simulation
@@ -35,6 +37,22 @@ def load_federated_data(config: TrainConfig) -> FederatedData:
             clients=tuple(c.resized(config.image_size) for c in fed.clients),
             class_names=fed.class_names,
             description=fed.description,
+            client_names=fed.client_names,
+        )
+    if config.max_client_size is not None:
+        # A seeded random subset of each client (its own stream per client), so a
+        # CPU-sized experiment keeps each client's class mix in expectation.
+        keep = []
+        for cid, data in enumerate(fed.clients):
+            if len(data) <= config.max_client_size:
+                keep.append(data)
+                continue
+            rng = np.random.default_rng([config.seed, 7919, cid])
+            keep.append(data.subset(np.sort(rng.permutation(len(data))[: config.max_client_size])))
+        fed = FederatedData(
+            clients=tuple(keep),
+            class_names=fed.class_names,
+            description=f"{fed.description}; at most {config.max_client_size} images per client",
             client_names=fed.client_names,
         )
     if config.strategy == "centralized":

@@ -201,7 +201,11 @@ class InceptionFeatures:
         self.path = Path(path) if path is not None else inception_weights_path()
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.model = torch.jit.load(str(self.path), map_location="cpu").eval().to(self.device)
+        with warnings.catch_warnings():
+            # torch 2.x deprecates TorchScript loading in favour of torch.export; the
+            # standard FID network is distributed as TorchScript, so load it as such.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.model = torch.jit.load(str(self.path), map_location="cpu").eval().to(self.device)
         self.id = "inception-v3-fid-default_1"
 
     @torch.inference_mode()
