@@ -63,7 +63,11 @@ def main() -> None:
             torch.set_num_threads(threads)
             for precision in precisions:
                 for batch in args.batches:
-                    spi = time_extractor(inception, images, batch=batch, bf16=precision == "bf16")
+                    try:
+                        spi = time_extractor(inception, images, batch=batch, bf16=precision == "bf16")
+                    except RuntimeError as exc:  # TorchScript under autocast may refuse
+                        print(f"inception-v3  threads {threads}  {precision}  batch {batch:3d}: failed ({exc})")
+                        continue
                     rows.append(("inception-v3", threads, precision, batch, spi))
                     print(f"inception-v3  threads {threads}  {precision}  batch {batch:3d}: "
                           f"{1 / spi:7.2f} images/s  ({spi:.3f} s/image)", flush=True)

@@ -122,7 +122,9 @@ def train(
 def generate(
     model: Path = typer.Argument(..., help="A run directory (its latest round, EMA weights) or a model folder."),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the PNGs, manifest.csv and grid.png."),
-    per_class: int = typer.Option(10, help="Images per class."),
+    per_class: int = typer.Option(10, help="Images per class (with --counts match-real: the average)."),
+    counts: str = typer.Option("uniform", help="Class counts: uniform | match-real (the producing data's class mix) | a CSV of class,count."),
+    allow_non_private: bool = typer.Option(False, "--allow-non-private", help="Write a dataset not covered by DP (stamped 'NOT differentially private')."),
     sampler: str = typer.Option("ddim", help="ddim | ddpm (ancestral)."),
     steps: int = typer.Option(50, help="Sampling steps (DDPM with steps = T is the seed's sampler)."),
     ddpm_variance: str = typer.Option("fixed_small", help="DDPM sigma^2: fixed_small (beta-tilde) | fixed_large (beta)."),
@@ -146,20 +148,30 @@ def generate(
         fail(f"--ddpm-variance must be one of {', '.join(DDPM_VARIANCES)}")
     if steps < 1 or batch_size < 1 or guidance < 0:
         fail("--steps and --batch-size must be at least 1 and --guidance non-negative")
+    from synthfed.card import resolve_class_counts
+
     try:
         gen = load_generator(model, client=client, use_ema=not no_ema)
         if steps > gen.schedule.num_train_timesteps:
             fail(f"--steps must be at most the model's T = {gen.schedule.num_train_timesteps}")
+        run_info = None
+        if "run_dir" in gen.source:
+            from synthfed.checkpoint import read_run_file
+
+            run_info = read_run_file(Path(gen.source["run_dir"]))
+        class_counts = resolve_class_counts(counts, num_classes=gen.spec.num_classes, class_names=gen.spec.class_names,
+                                            per_class=per_class, run_info=run_info, client=client)
         with RichProgress(err) as progress:
             path = generate_dataset(
-                gen, out_dir, per_class=per_class, sampler=sampler, num_steps=steps, guidance_scale=guidance,
+                gen, out_dir, per_class=per_class, counts=class_counts, allow_non_private=allow_non_private,
+                sampler=sampler, num_steps=steps, guidance_scale=guidance,
                 ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=resolve_device(device),
                 progress=progress,
             )
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         fail(str(exc))
-    out.print(f"wrote {per_class * gen.spec.num_classes} images to {path / 'images'}")
-    out.print(f"manifest: {path / 'manifest.csv'}")
+    out.print(f"wrote {sum(class_counts)} images to {path / 'images'}")
+    out.print(f"manifest: {path / 'manifest.csv'} (and .parquet); dataset card: {path / 'CARD.md'}")
     out.print(f"sample grid: {path / 'grid.png'}")
     out.print(f"privacy: {gen.privacy['statement']}")
 

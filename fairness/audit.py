@@ -318,8 +318,9 @@ def run_audit(
     baselines.append(_metrics_row("real, all clients pooled", "real_pooled", sel_real, real_test, len(fit_set))[0])
     if fed is not None and fed.num_clients > 1:
         for cname, cds in zip(fed.client_names, fed.clients):
+            cds = _cap(cds.resized(size), max_real_train, seed)
             try:
-                sel_c = select_and_train(_cap(cds.resized(size), max_real_train, seed), val_fraction=VAL_FRACTION, seed=seed, families=families,
+                sel_c = select_and_train(cds, val_fraction=VAL_FRACTION, seed=seed, families=families,
                                          cnn_epochs=cnn_epochs)
             except DataError as exc:
                 notes.append(f"baseline {cname} alone skipped: {exc}")

@@ -66,8 +66,9 @@ def _sample_sets(strategy: str, run_dir: Path, out: Path, plan: SamplingPlan, nu
     for client, folder in targets:
         if not (folder / "manifest.csv").is_file():
             gen = load_generator(run_dir, client=client)
+            # Scoring samples, not sharing them: non-DP outputs are written stamped as such.
             generate_dataset(gen, folder, per_class=plan.per_class, sampler=plan.sampler, num_steps=plan.steps,
-                             seed=plan.seed, progress=progress)
+                             seed=plan.seed, allow_non_private=True, progress=progress)
         done.append(folder)
     return done
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -87,7 +90,7 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
             model=model.eval(),
             spec=spec,
             schedule=NoiseSchedule(**spec.schedule),
-            source={"model_dir": str(path)},
+            source={"model_dir": str(path.resolve())},
             privacy=_privacy_status(path.parent.parent if path.parent.name == "global" else None, None),
         )
     info = read_run_file(path)
@@ -112,7 +115,7 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
         model, _ = load_model(global_dir)
     else:
         model = build_unet(spec)
-    source = {"run_dir": str(path), "round": int(round_dir.name.split("-")[1]), "weights": which}
+    source = {"run_dir": str(path.resolve()), "round": int(round_dir.name.split("-")[1]), "weights": which}
     if client is not None:
         local_path = clients_dir / client_file(client)
         if not local_path.is_file():
@@ -146,7 +149,7 @@ def _load_pfdm_generator(path: Path, info: dict, *, client: int | None, use_ema:
     local = build_unet(spec)
     local.load_state_dict({k[len(prefix):]: v for k, v in load_file(str(local_path)).items() if k.startswith(prefix)})
     t0 = int(info["pfdm"]["t0"])
-    source = {"run_dir": str(path), "round": int(round_dir.name.split("-")[1]), "weights": which, "client": client,
+    source = {"run_dir": str(path.resolve()), "round": int(round_dir.name.split("-")[1]), "weights": which, "client": client,
               "strategy": "pfdm", "t0": t0}
     return LoadedGenerator(model=local.eval(), spec=spec, schedule=NoiseSchedule(**spec.schedule), source=source,
                            privacy=_privacy_status(round_dir, client, info["config"]), handover=(shared.eval(), t0))
@@ -170,6 +173,7 @@ def generate_dataset(
     out_dir: str | Path,
     *,
     per_class: int,
+    counts: list[int] | None = None,
     sampler: str = "ddim",
     num_steps: int = 50,
     guidance_scale: float = 0.0,
@@ -177,23 +181,41 @@ def generate_dataset(
     batch_size: int = 100,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    allow_non_private: bool = False,
     progress: Progress = null_progress,
 ) -> Path:
+    """Write PNGs, manifest.csv/.parquet, grid.png and the dataset card.
+
+    ``counts`` (per class) overrides ``per_class``. A dataset not covered by
+    DP is refused unless ``allow_non_private``, and then stamped as such. The
+    folder is assembled under a temporary name and renamed into place, so a
+    crash never leaves a half-written dataset behind a valid-looking name."""
+    from synthfed.card import NOT_DP, NonPrivateOutputRefused, build_card, render_card_md
+
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; choose a new --out")
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    dp = bool(gen.privacy.get("differentially_private"))
+    if not dp and not allow_non_private:
+        raise NonPrivateOutputRefused(
+            f"refusing to write a dataset that is not differentially private ({gen.privacy.get('statement')}); "
+            "pass --allow-non-private to write it stamped 'NOT differentially private'"
+        )
+    spec = gen.spec
+    counts = list(counts) if counts is not None else [per_class] * spec.num_classes
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "images").mkdir(parents=True)
     device = torch.device(device)
     model = gen.model.to(device)
-    spec = gen.spec
-    labels = torch.arange(spec.num_classes).repeat_interleave(per_class)
+    labels = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(counts)])
     eps_fn = model_eps_fn(model, guidance_scale=guidance_scale, null_label=spec.null_label)
     generator = torch.Generator(device=device).manual_seed(seed)
     shape = (spec.channels, spec.image_size, spec.image_size)
-    batches = labels.split(batch_size)
     all_images: list[np.ndarray] = []
     progress(TaskStarted("sample", f"sampling {len(labels)} images ({sampler}, {num_steps} steps)", len(labels)))
-    for batch in batches:
+    for batch in labels.split(batch_size):
         if gen.handover is not None:
             from synthfed.federated.pfdm import pfdm_sample
 
@@ -204,48 +226,44 @@ def generate_dataset(
                 num_steps=num_steps, ddpm_variance=ddpm_variance, generator=generator,
             )
         else:
-            x = sample(
-                eps_fn,
-                labels=batch.to(device),
-                image_shape=shape,
-                schedule=gen.schedule,
-                sampler=sampler,
-                num_steps=num_steps,
-                ddpm_variance=ddpm_variance,
-                generator=generator,
-            )
+            x = sample(eps_fn, labels=batch.to(device), image_shape=shape, schedule=gen.schedule, sampler=sampler,
+                       num_steps=num_steps, ddpm_variance=ddpm_variance, generator=generator)
         all_images.append(to_uint8(x).cpu().numpy())
         progress(TaskAdvanced("sample", len(batch)))
     progress(TaskFinished("sample"))
     images = np.concatenate(all_images)
     labels_np = labels.numpy()
     producer = json.dumps(gen.source, sort_keys=True)
+    stamp = "differentially private" if dp else NOT_DP
     rows = []
     for i, (img, y) in enumerate(zip(images, labels_np)):
         name = f"images/{i:06d}.png"
-        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(out_dir / name)
-        rows.append({"file": name, "label": int(y), "class_name": spec.class_names[y], "model": producer, "seed": seed})
-    with open(out_dir / "manifest.csv", "w", newline="") as fh:
+        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(tmp / name)
+        rows.append({"file": name, "label": int(y), "class_name": spec.class_names[y], "model": producer, "seed": seed,
+                     "privacy": stamp})
+    with open(tmp / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    save_grid(images, labels_np, out_dir / "grid.png", num_classes=spec.num_classes, per_class=min(per_class, 10))
-    write_json_atomic(
-        out_dir / "generation.json",
-        {
-            "source": gen.source,
-            "privacy": gen.privacy,
-            "sampler": {"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seed},
-            "count": int(len(labels)),
-            "class_names": list(spec.class_names),
-        },
-    )
+    pd.DataFrame(rows).to_parquet(tmp / "manifest.parquet", index=False)
+    save_grid(images, labels_np, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
+    config = {}
+    if "run_dir" in gen.source:
+        config = read_run_file(Path(gen.source["run_dir"]))["config"]
+    card = build_card(source=gen.source, privacy=gen.privacy, config=config, class_names=spec.class_names,
+                      counts=counts, sampler={"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale,
+                                              "seed": seed, "ddpm_variance": ddpm_variance})
+    write_json_atomic(tmp / "card.json", card)
+    (tmp / "CARD.md").write_text(render_card_md(card))
+    if out_dir.exists():
+        out_dir.rmdir()  # empty (checked above)
+    os.replace(tmp, out_dir)
     return out_dir
 
 
 def load_generated(directory: str | Path) -> tuple["ImageDataset", dict]:
     """A generated dataset folder back as an ``ImageDataset`` plus its card
-    (``card.json`` when present, else ``generation.json``)."""
+    (``card.json``; empty for a folder without one)."""
     from synthfed.data import DataError, ImageDataset
 
     directory = Path(directory)
@@ -253,8 +271,6 @@ def load_generated(directory: str | Path) -> tuple["ImageDataset", dict]:
     if not manifest.is_file():
         raise DataError(f"{directory} is not a generated dataset (no manifest.csv)")
     card_path = directory / "card.json"
-    if not card_path.is_file():
-        card_path = directory / "generation.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -30,7 +30,8 @@ def generated(tmp_path_factory):
     run, ds = root / "run", root / "synthetic"
     result = runner.invoke(app, ["train", *TINY, "--out", str(run)])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["generate", str(run), "--out", str(ds), "--per-class", "6", "--steps", "3"])
+    result = runner.invoke(app, ["generate", str(run), "--out", str(ds), "--per-class", "6", "--steps", "3",
+                                 "--allow-non-private"])
     assert result.exit_code == 0, result.output
     return run, ds
 
@@ -152,20 +153,23 @@ def test_audit_flags_a_training_image_planted_in_the_synthetic_set(generated, tm
     train = load_source("digits", split="train").resized(8)
     victim = int(np.flatnonzero(train.labels == 0)[3])
     Image.fromarray(train.images[victim][0]).save(planted / "images" / "000000.png")
-    # and a dataset card that claims a DP guarantee (card.json wins over generation.json)
-    card = json.loads((planted / "generation.json").read_text())
+    # and a dataset card that claims a DP guarantee
+    card = json.loads((planted / "card.json").read_text())
     card["privacy"] = {"differentially_private": True, "statement": "DP-SGD, record-level",
                        "clients": [{"client": 0, "eps_lower": 7.9, "eps_estimate": 7.95, "eps_upper": 8.0, "delta": 1e-5},
                                    {"client": 1, "eps_lower": 3.9, "eps_estimate": 3.95, "eps_upper": 4.0, "delta": 1e-5}]}
     (planted / "card.json").write_text(json.dumps(card))
     # Execute
-    report = audit_mod.run_audit(planted, real="digits", out_dir=tmp_path / "r", mia=False, **FAST)
+    report = audit_mod.run_audit(planted, real="digits", out_dir=tmp_path / "r", mia=False, max_real_train=300, **FAST)
     # Assert
     mem = report["privacy"]["memorization"]
     assert mem["near_copy_indices"] == [0]
     assert mem["closest_pairs"][0]["synthetic_index"] == 0 and mem["closest_pairs"][0]["distance"] == 0.0
     assert report["summary"]["privacy"]["level"] == "alert"  # a copy overrides the DP claim in the verdict
     assert report["privacy"]["epsilon_max"] == 8.0
+    # the speed cap shrinks the baselines, never the set searched for copies
+    assert report["utility"]["baselines"][0]["train_size"] == 300
+    assert mem["num_train"] == len(train)
     assert "ε ≤ 8" in report["summary"]["privacy"]["text"]
     assert "COPY" in (tmp_path / "r" / "report.html").read_text()
 

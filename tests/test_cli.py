@@ -1,6 +1,9 @@
 """The command line: bad values end with one line and exit code 2; the happy path works."""
 
 import csv
+import json
+
+import pandas as pd
 
 import pytest
 from typer.testing import CliRunner
@@ -46,7 +49,11 @@ def test_train_then_generate_writes_pngs_manifest_and_grid(tmp_path):
     result = runner.invoke(app, ["train", *TINY, "--rounds", "1", "--out", str(run)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "samples"
-    result = runner.invoke(app, ["generate", str(run), "--out", str(out), "--per-class", "2", "--steps", "3"])
+    refused = runner.invoke(app, ["generate", str(run), "--out", str(out), "--per-class", "2", "--steps", "3"])
+    assert refused.exit_code == 2 and "allow-non-private" in refused.output
+    assert not out.exists()
+    result = runner.invoke(app, ["generate", str(run), "--out", str(out), "--per-class", "2", "--steps", "3",
+                                 "--allow-non-private"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "manifest.csv")))
     assert len(rows) == 20
@@ -54,8 +61,13 @@ def test_train_then_generate_writes_pngs_manifest_and_grid(tmp_path):
     assert all((out / r["file"]).is_file() for r in rows)
     assert (out / "grid.png").is_file()
     assert "NOT differentially private" in result.output
+    assert all(r["privacy"] == "NOT differentially private" for r in rows)
+    card = json.loads((out / "card.json").read_text())
+    assert card["differentially_private"] is False and card["label"] == "NOT differentially private"
+    assert "NOT differentially private" in (out / "CARD.md").read_text()
+    assert len(pd.read_parquet(out / "manifest.parquet")) == 20
     # generating into the same folder again is refused, not overwritten
-    again = runner.invoke(app, ["generate", str(run), "--out", str(out), "--steps", "3"])
+    again = runner.invoke(app, ["generate", str(run), "--out", str(out), "--steps", "3", "--allow-non-private"])
     assert again.exit_code == 2
 
 
@@ -64,3 +76,24 @@ def test_partition_prints_and_saves_the_stats_table(tmp_path):
     assert result.exit_code == 0, result.output
     assert "client_2" in result.output
     assert (tmp_path / "p.csv").read_text().count("\n") == 4
+
+
+def test_match_real_and_csv_class_counts(tmp_path):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--rounds", "1", "--out", str(run)]).exit_code == 0
+    info = json.loads((run / "run.json").read_text())
+    real = [sum(c["class_counts"][k] for c in info["clients"]) for k in range(10)]
+    res = runner.invoke(app, ["generate", str(run), "--out", str(tmp_path / "m"), "--per-class", "5", "--steps", "2",
+                              "--counts", "match-real", "--allow-non-private"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    got = list(card["counts"].values())
+    assert sum(got) == 50
+    expected = [50 * r / sum(real) for r in real]
+    assert all(abs(g - e) < 1 for g, e in zip(got, expected))
+    (tmp_path / "c.csv").write_text("class,count\n3,4\n7,2\n")
+    res = runner.invoke(app, ["generate", str(run), "--out", str(tmp_path / "c"), "--counts", str(tmp_path / "c.csv"),
+                              "--steps", "2", "--allow-non-private"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "c" / "manifest.csv")))
+    assert sorted(r["class_name"] for r in rows) == ["3"] * 4 + ["7"] * 2

@@ -156,7 +156,7 @@ def test_pfdm_end_to_end_ledger_generation_and_honest_status(tmp_path):
     assert gen.handover[1] == info["pfdm"]["t0"]
     assert gen.privacy["differentially_private"] is False  # the local denoiser saw raw data
     assert "NOT differentially private" in gen.privacy["statement"]
-    out = generate_dataset(gen, tmp_path / "g", per_class=1, num_steps=4)
+    out = generate_dataset(gen, tmp_path / "g", per_class=1, num_steps=4, allow_non_private=True)
     assert len(list((out / "images").iterdir())) == 10
 
 

@@ -106,7 +106,7 @@ def test_generated_dataset_states_the_ledger_epsilon(tmp_path):
     result = train(TrainConfig(**TINY, rounds=1).validate(), tmp_path / "r")
     gen = load_generator(result.run_dir)
     out = generate_dataset(gen, tmp_path / "g", per_class=1, num_steps=2)
-    card = json.loads((out / "generation.json").read_text())
+    card = json.loads((out / "card.json").read_text())
     assert card["privacy"]["differentially_private"] is True
     ledger = _ledger(result.last_round_dir)
     assert [r["eps_upper"] for r in card["privacy"]["clients"]] == [c.spent().epsilon_upper for c in ledger.clients.values()]

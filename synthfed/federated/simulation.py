@@ -105,7 +105,10 @@ def _run_info(config: TrainConfig, fed: FederatedData, spec: ModelSpec) -> dict:
         "config": config.to_dict(),
         "model": spec.to_dict(),
         "data": fed.description,
-        "clients": [{"id": i, "n": len(c), "fingerprint": c.fingerprint()} for i, c in enumerate(fed.clients)],
+        "clients": [
+            {"id": i, "n": len(c), "fingerprint": c.fingerprint(), "class_counts": c.class_counts().tolist()}
+            for i, c in enumerate(fed.clients)
+        ],
     }
 
 
