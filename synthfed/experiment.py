@@ -277,7 +277,9 @@ def _generate(cell: Cell, run_dir: Path, samples_dir: Path, config: ExperimentCo
     g = config.generate
     device = resolve_device(cell.config.device)
     kwargs = dict(sampler=g.sampler, num_steps=g.steps, guidance_scale=g.guidance, batch_size=g.batch_size,
-                  seed=cell.seed, device=device, progress=progress)
+                  seed=cell.seed, device=device, progress=progress,
+                  # samples made to be measured; a non-private cell's card still says so
+                  allow_non_private=True)
     from synthfed.checkpoint import latest_round_dir, read_run_file
 
     if (latest_round_dir(run_dir) / "clients").is_dir():

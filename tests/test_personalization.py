@@ -21,7 +21,8 @@ from synthfed.privacy.forward_noise import choose_t0, clip_images, randomized_re
 from synthfed.train import train
 
 SPEC = ModelSpec(preset="tiny", image_size=8, channels=1, num_classes=3, class_names=("a", "b", "c"))
-TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, alpha=1.0, batch_size=64, num_train_timesteps=1000)
+TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, alpha=1.0, batch_size=64, num_train_timesteps=1000,
+            max_client_size=200)
 
 
 @pytest.mark.parametrize("head", sorted(HEAD_PRESETS))

@@ -14,7 +14,7 @@ from synthfed.privacy.training import PrivateTraining
 from synthfed.progress import RecordingProgress
 from synthfed.train import load_federated_data, train
 
-TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=3, alpha=1.0, batch_size=64,
+TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=3, alpha=1.0, batch_size=64, max_client_size=250,
             num_train_timesteps=50, epsilon=8.0)
 
 
