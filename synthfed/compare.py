@@ -88,7 +88,9 @@ def run_comparison(
     real_test = load_source(base.data, split="test")
     if base.image_size is not None:
         real_train, real_test = real_train.resized(base.image_size), real_test.resized(base.image_size)
-    features = ClassifierFeatures.fit(real_train, cache=EvalCache(out_dir / "cache"), progress=progress)
+    # The shared evaluation cache (SYNTHFED_CACHE_DIR): every comparison on the same
+    # real data reuses one classifier.
+    features = ClassifierFeatures.fit(real_train, cache=EvalCache(), progress=progress)
     test_logits, test_feats = features.outputs(np.array(real_test.images))
     test_stats = FeatureStats.from_features(test_feats, keep_features=False)
     real_accuracy = label_agreement(test_logits, np.array(real_test.labels))
