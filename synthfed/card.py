@@ -97,7 +97,7 @@ def build_card(*, source: dict, privacy: dict, config: dict, class_names: tuple[
 
 
 def render_card_md(card: dict) -> str:
-    lines = [f"# Synthetic dataset card", "", f"**{card['label']}**", ""]
+    lines = ["# Synthetic dataset card", "", f"**{card['label']}**", ""]
     lines += ["## Source", "", f"- run: `{card['source'].get('run_dir', card['source'].get('model_dir'))}`"]
     for key in ("round", "client", "weights", "t0"):
         if key in card["source"]:

@@ -10,7 +10,6 @@ cell resumes: a finished run or sample set is reused, a partial run resumes."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

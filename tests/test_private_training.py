@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from synthfed.config import TrainConfig
 from synthfed.federated.simulation import run_simulation
-from synthfed.privacy.accountant import SubsampledGaussian, compute_epsilon
+from synthfed.privacy.accountant import compute_epsilon
 from synthfed.privacy.ledger import PrivacyLedger
 from synthfed.privacy.training import PrivateTraining
 from synthfed.progress import RecordingProgress
