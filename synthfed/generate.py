@@ -86,12 +86,23 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
         model, spec = load_model(path)
         if client is not None:
             raise ValueError("--client needs a run directory, not a single model folder")
+        # A folder inside a run (rounds/round-N/global/ema): its run says what
+        # produced it; a folder on its own carries no privacy claim at all.
+        round_dir = path.parent.parent if path.parent.name == "global" else None
+        config = None
+        if round_dir is not None and (round_dir.parent.parent / "run.json").is_file():
+            config = read_run_file(round_dir.parent.parent)["config"]
+            if config.get("strategy") in ("pfdm", "local", "fedper", "fedrep"):
+                raise ValueError(
+                    f"this folder holds only the shared part of a {config['strategy']} run; "
+                    "sample the run directory with --client instead"
+                )
         return LoadedGenerator(
             model=model.eval(),
             spec=spec,
             schedule=NoiseSchedule(**spec.schedule),
             source={"model_dir": str(path.resolve())},
-            privacy=_privacy_status(path.parent.parent if path.parent.name == "global" else None, None),
+            privacy=_privacy_status(round_dir if config is not None else None, None, config),
         )
     info = read_run_file(path)
     if info["config"].get("strategy") == "pfdm":

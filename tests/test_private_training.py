@@ -110,3 +110,12 @@ def test_generated_dataset_states_the_ledger_epsilon(tmp_path):
     assert card["privacy"]["differentially_private"] is True
     ledger = _ledger(result.last_round_dir)
     assert [r["eps_upper"] for r in card["privacy"]["clients"]] == [c.spent().epsilon_upper for c in ledger.clients.values()]
+
+
+def test_a_model_folder_inside_a_private_run_keeps_its_guarantee(tmp_path):
+    from synthfed.generate import load_generator
+
+    result = train(TrainConfig(**TINY, rounds=1).validate(), tmp_path / "r")
+    gen = load_generator(result.last_round_dir / "global" / "ema")
+    assert gen.privacy["differentially_private"] is True
+    assert len(gen.privacy["clients"]) == 3
