@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ def _privacy_status(round_dir: Path | None, client: int | None, config: dict | N
     from synthfed.privacy.ledger import PrivacyLedger
 
     rows = PrivacyLedger.from_dict(json.loads(ledger_path.read_text())).table()
+    if any(not math.isfinite(r["eps_upper"]) for r in rows):
+        # A mechanism without noise (e.g. a PFDM upload at a t0 with ᾱ ≈ 1) is no guarantee.
+        all_dp = False
+        components = [dict(c, dp=False) if "upload" in c["mechanism"] or "shared" in c["component"] else c
+                      for c in components]
     if all_dp:
         statement = "each client's records are (epsilon, delta)-DP as listed (record-level; accountant below)"
     else:
