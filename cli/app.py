@@ -52,7 +52,7 @@ def train(
     max_client_size: Optional[int] = typer.Option(None, help="Keep at most this many images per client (seeded subset; CPU-scale experiments)."),
     rounds: int = typer.Option(5, help="Federated rounds R."),
     local_epochs: int = typer.Option(1, help="Local epochs E per round."),
-    participation: str = typer.Option("1.0", help="Clients per round: a fraction in (0, 1] or a count."),
+    participation: str = typer.Option("1.0", help="Clients per round: a fraction in (0, 1] (1 = all) or a count >= 2; one client a round is the fraction 1/K."),
     batch_size: int = typer.Option(32, help="Batch size (expected batch size under DP-SGD)."),
     lr: float = typer.Option(2e-4, help="Adam learning rate."),
     ema_decay: float = typer.Option(0.999, help="EMA decay of the weights (0 turns it off)."),
