@@ -73,7 +73,10 @@ def report(
         return
     out.print(ledger_table(rows, f"privacy ledger of {run_dir} after {round_dir.name}"))
     if rows:
-        out.print(f"accountant: {rows[0]['accountant']}; unit: one record of one client (add/remove)")
+        # Clients can be answered by different accountants (prv-accountant, or
+        # Opacus's PRV where prv-accountant's discretisation fails): list each.
+        accountants = "; ".join(dict.fromkeys(r["accountant"] for r in rows))
+        out.print(f"accountant: {accountants}; unit: one record of one client (add/remove)")
 
 
 @privacy_app.command("calibrate")

@@ -113,7 +113,8 @@ def render_card_md(card: dict) -> str:
         for r in rows:
             lines.append(f"| {r['client']} | {r['n']} | {r['mechanisms']} | {r['eps_lower']:.4g} | "
                          f"{r['eps_estimate']:.4g} | {r['eps_upper']:.4g} | {r['delta']:.3g} |")
-        lines += ["", f"Accountant: {rows[0]['accountant']}. Unit: {card['unit_of_privacy']}.", ""]
+        accountants = "; ".join(dict.fromkeys(r["accountant"] for r in rows))  # each client's may differ
+        lines += ["", f"Accountant: {accountants}. Unit: {card['unit_of_privacy']}.", ""]
     lines += ["## Labels", "", card["label_handling"], "", "## Contents", ""]
     lines += [f"- {name}: {n}" for name, n in card["counts"].items()]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from synthfed.checkpoint import latest_round_dir, read_run_file
-from synthfed.config import TrainConfig
+from synthfed.config import PERSONALIZED_STRATEGIES, TrainConfig
 from synthfed.data import load_source
 from synthfed.evaluate.cache import EvalCache
 from synthfed.evaluate.fid import ClassifierFeatures, FeatureStats, fid_between
@@ -29,7 +29,6 @@ from synthfed.progress import Message, Progress, null_progress
 from synthfed.train import train
 
 COMPARABLE = ("centralized", "local", "fedavg", "fedper", "fedrep", "pfdm")
-PERSONALIZED = ("local", "fedper", "fedrep", "pfdm")
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def _train_cell(config: TrainConfig, run_dir: Path, progress: Progress) -> float
 
 
 def _sample_sets(strategy: str, run_dir: Path, out: Path, plan: SamplingPlan, num_clients: int, progress) -> list[Path]:
-    targets = [(c, out / f"client-{c:02d}") for c in range(num_clients)] if strategy in PERSONALIZED else [(None, out / "global")]
+    targets = [(c, out / f"client-{c:02d}") for c in range(num_clients)] if strategy in PERSONALIZED_STRATEGIES else [(None, out / "global")]
     done = []
     for client, folder in targets:
         if not (folder / "manifest.csv").is_file():

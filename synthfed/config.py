@@ -12,6 +12,8 @@ from synthfed.diffusion.schedule import NoiseSchedule
 from synthfed.model.presets import PRESETS
 
 STRATEGIES = ("fedavg", "centralized", "local", "fedper", "fedrep", "pfdm")
+# Strategies whose clients keep a model part of their own: one model per client.
+PERSONALIZED_STRATEGIES = ("local", "fedper", "fedrep", "pfdm")
 PARTITIONS = ("dirichlet", "iid", "folders")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")

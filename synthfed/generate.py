@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from synthfed.checkpoint import client_file, latest_round_dir, read_run_file
+from synthfed.config import PERSONALIZED_STRATEGIES
 from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
 from synthfed.io import write_json_atomic
 from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet, load_model
@@ -98,7 +99,7 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
         config = None
         if round_dir is not None and (round_dir.parent.parent / "run.json").is_file():
             config = read_run_file(round_dir.parent.parent)["config"]
-            if config.get("strategy") in ("pfdm", "local", "fedper", "fedrep"):
+            if config.get("strategy") in PERSONALIZED_STRATEGIES:
                 raise ValueError(
                     f"this folder holds only the shared part of a {config['strategy']} run; "
                     "sample the run directory with --client instead"
