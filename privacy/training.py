@@ -49,16 +49,28 @@ class PrivateTraining:
     @classmethod
     def plan(cls, config: TrainConfig, fed: FederatedData, *, epsilon: float | None = None) -> "PrivateTraining":
         """DP-SGD noise for ``epsilon`` (default ``config.epsilon``) per client."""
+        return cls.plan_clients(
+            config, {cid: len(data) for cid, data in enumerate(fed.clients)}, epsilon=epsilon,
+            names={cid: name for cid, name in enumerate(fed.client_names)},
+        )
+
+    @classmethod
+    def plan_clients(
+        cls, config: TrainConfig, sizes: dict[int, int], *, epsilon: float | None = None, names: dict[int, str] | None = None
+    ) -> "PrivateTraining":
+        """The plan for the clients of ``sizes`` (id -> number of records). The
+        noise of a client depends only on its own size and the run's plan, so a
+        Flower node plans for itself alone and gets what the simulation gets."""
         epsilon = config.epsilon if epsilon is None else epsilon
         assert epsilon is not None
         noise: dict[int, ClientNoise] = {}
         clients: dict[str, ClientLedger] = {}
-        for cid, data in enumerate(fed.clients):
-            n = len(data)
+        for cid, n in sizes.items():
             delta = config.delta if config.delta is not None else default_delta(n)
             validate_privacy_target(epsilon=epsilon, delta=delta, n=n)
             if config.batch_size > n:
-                raise ValueError(f"client {fed.client_names[cid]} has {n} records, fewer than --batch-size {config.batch_size}")
+                name = (names or {}).get(cid, str(cid))
+                raise ValueError(f"client {name} has {n} records, fewer than --batch-size {config.batch_size}")
             q = config.batch_size / n
             per_round = config.epochs_per_round() * math.ceil(1.0 / q)
             planned = config.rounds * per_round

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from synthfed.config import TrainConfig
-from synthfed.data import FederatedData, load_client_folders, load_source, partition_dataset
+from synthfed.data import FederatedData, ImageDataset, load_client_folders, load_source, partition_dataset
 from synthfed.federated.simulation import TrainResult, run_simulation
 from synthfed.progress import Progress, null_progress
 
@@ -42,15 +42,8 @@ def load_federated_data(config: TrainConfig) -> FederatedData:
     if config.max_client_size is not None:
         # A seeded random subset of each client (its own stream per client), so a
         # CPU-sized experiment keeps each client's class mix in expectation.
-        keep = []
-        for cid, data in enumerate(fed.clients):
-            if len(data) <= config.max_client_size:
-                keep.append(data)
-                continue
-            rng = np.random.default_rng([config.seed, 7919, cid])
-            keep.append(data.subset(np.sort(rng.permutation(len(data))[: config.max_client_size])))
         fed = FederatedData(
-            clients=tuple(keep),
+            clients=tuple(cap_client(config, cid, data) for cid, data in enumerate(fed.clients)),
             class_names=fed.class_names,
             description=f"{fed.description}; at most {config.max_client_size} images per client",
             client_names=fed.client_names,
@@ -64,6 +57,15 @@ def load_federated_data(config: TrainConfig) -> FederatedData:
             client_names=("pooled",),
         )
     return fed
+
+
+def cap_client(config: TrainConfig, cid: int, data: ImageDataset) -> ImageDataset:
+    """``--max-client-size``: a seeded random subset of client ``cid`` (its own
+    stream), so a CPU-sized experiment keeps each client's class mix in expectation."""
+    if config.max_client_size is None or len(data) <= config.max_client_size:
+        return data
+    rng = np.random.default_rng([config.seed, 7919, cid])
+    return data.subset(np.sort(rng.permutation(len(data))[: config.max_client_size]))
 
 
 def train(

@@ -26,9 +26,17 @@ from synthfed.data import FederatedData
 from synthfed.diffusion.sampling import EpsFn, run_chain
 from synthfed.diffusion.schedule import NoiseSchedule
 from synthfed.federated.client import LocalTraining, client_update
-from synthfed.federated.simulation import TrainResult, _check_same_data, _run_info, derive_seed, model_spec_for, resolve_device
+from synthfed.federated.simulation import (
+    TrainResult,
+    _check_same_data,
+    _run_info,
+    client_round,
+    derive_seed,
+    model_spec_for,
+    resolve_device,
+)
 from synthfed.model.presets import build_unet
-from synthfed.privacy.accountant import compute_epsilon
+from synthfed.privacy.accountant import SubsampledGaussian, compute_epsilon
 from synthfed.privacy.calibration import default_delta
 from synthfed.privacy.forward_noise import choose_t0, make_uploads, upload_mechanisms
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
@@ -43,30 +51,85 @@ def resolve_clip_norm(config: TrainConfig, image_shape: tuple[int, int, int]) ->
     return config.clip_norm if config.clip_norm is not None else math.sqrt(float(np.prod(image_shape)))
 
 
-def plan_t0(config: TrainConfig, fed: FederatedData, alphas_cumprod: torch.Tensor) -> tuple[int, float]:
+def plan_t0(config: TrainConfig, sizes: list[int], image_shape: tuple[int, int, int],
+            alphas_cumprod: torch.Tensor) -> tuple[int, float]:
     """One t0 for everyone: the largest of the clients' smallest admissible t0
-    (each client has its own δ), so every client meets its (ε, δ)."""
-    clip = resolve_clip_norm(config, fed.clients[0].image_shape)
+    (each client has its own δ, from its size), so every client meets its (ε, δ)."""
+    clip = resolve_clip_norm(config, image_shape)
     if config.t0 is not None:
         return config.t0, clip
     t0 = 0
-    for data in fed.clients:
-        delta = config.delta if config.delta is not None else default_delta(len(data))
+    for n in sizes:
+        delta = config.delta if config.delta is not None else default_delta(n)
         choice = choose_t0(alphas_cumprod, epsilon=config.epsilon, delta=delta, clip_norm=clip,
                            copies=config.upload_copies, label_epsilon=config.label_epsilon)
         t0 = max(t0, choice.t0)
     return t0, clip
 
 
-def _ledger(config: TrainConfig, fed: FederatedData, sgd) -> PrivacyLedger:
+def pfdm_ledger(config: TrainConfig, sizes: dict[int, int], *, sgd, alpha_bar_t0: float, clip: float) -> PrivacyLedger:
+    """The clients' ledgers, each with its budget: the planned composition of
+    its uploads plus its DP-SGD steps (if ``--local-epsilon``)."""
     if sgd is not None:
-        return sgd.ledger
-    clients = {}
-    for cid, data in enumerate(fed.clients):
-        delta = config.delta if config.delta is not None else default_delta(len(data))
-        clients[str(cid)] = ClientLedger(client_id=str(cid), num_records=len(data), delta=delta,
-                                         epsilon_budget=None, entries=[])
-    return PrivacyLedger(clients=clients)
+        ledger = sgd.ledger
+    else:
+        ledger = PrivacyLedger(clients={
+            str(cid): ClientLedger(client_id=str(cid), num_records=n,
+                                   delta=config.delta if config.delta is not None else default_delta(n),
+                                   epsilon_budget=None, entries=[])
+            for cid, n in sizes.items()})
+    for cid in sizes:
+        client = ledger.clients[str(cid)]
+        planned = upload_mechanisms(alpha_bar_t0, clip_norm=clip, copies=config.upload_copies,
+                                    label_epsilon=config.label_epsilon)
+        if sgd is not None:
+            nz = sgd.noise[cid]
+            planned.append(SubsampledGaussian(noise_multiplier=nz.noise_multiplier, sampling_rate=nz.sampling_rate,
+                                              steps=nz.planned_steps))
+        client.epsilon_budget = compute_epsilon(planned, delta=client.delta).epsilon_upper
+    return ledger
+
+
+def client_uploads(config: TrainConfig, cid: int, images: torch.Tensor, labels: torch.Tensor, *, t0: int, clip: float,
+                   alpha_bar_t0: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Client ``cid``'s one release: its own seed stream (round 0), so the same
+    run re-creates the same release (resume, or a Flower node asked again)."""
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, 0, cid))
+    return make_uploads(images, labels, alpha_bar=alpha_bar_t0, clip_norm=clip, copies=config.upload_copies,
+                        num_classes=num_classes, label_epsilon=config.label_epsilon, generator=gen)
+
+
+def record_uploads(ledger: ClientLedger, config: TrainConfig, *, t0: int, clip: float, alpha_bar_t0: float) -> None:
+    for m in upload_mechanisms(alpha_bar_t0, clip_norm=clip, copies=config.upload_copies,
+                               label_epsilon=config.label_epsilon):
+        ledger.record(m, round=1, note=f"forward-noise upload at t0={t0}")
+
+
+def pfdm_plans(config: TrainConfig, null_label: int, t0: int) -> tuple[LocalTraining, LocalTraining]:
+    """(server plan: the shared model on t0 < t < T, conditioned on the original
+    t; client plan: the local model on t <= t0)."""
+    def plan(timestep_range, offset):
+        return LocalTraining(epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
+                             label_dropout=config.label_dropout, null_label=null_label, ema_decay=config.ema_decay,
+                             precision=config.precision, multiplicity=config.noise_multiplicity,
+                             timestep_range=timestep_range, timestep_offset=offset)
+
+    return plan(None, t0 + 1), plan((0, t0 + 1), 0)
+
+
+def train_shared(model, config: TrainConfig, server_round: int, *, state, ema, ema_step: int, images, labels,
+                 plan: LocalTraining, high, device: torch.device, progress: Progress = null_progress):
+    """The server's round: the shared high-noise denoiser on the pooled uploads
+    (post-processing of released data: no privacy cost), its own seed stream."""
+    gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, 10**6))
+    return client_update(model, state=state, ema=ema, ema_step=ema_step, images=images, labels=labels, plan=plan,
+                         alphas_cumprod=high.alphas_cumprod(), generator=gen, device=device, progress=progress)
+
+
+def pfdm_chosen(config: TrainConfig, num_clients: int, server_round: int) -> list[int]:
+    rng = np.random.default_rng([config.seed, server_round])
+    k = config.clients_per_round(num_clients)
+    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
 
 
 def run_pfdm(
@@ -83,26 +146,16 @@ def run_pfdm(
     spec = model_spec_for(config, fed)
     schedule = config.schedule()
     acp = schedule.alphas_cumprod()
-    t0, clip = plan_t0(config, fed, acp)
+    sizes = {cid: len(data) for cid, data in enumerate(fed.clients)}
+    t0, clip = plan_t0(config, list(sizes.values()), fed.clients[0].image_shape, acp)
+    alpha_bar_t0 = float(acp[t0])
     high = schedule.sub_chain(start=t0 + 1)
     sgd = None
     if config.local_epsilon is not None:
         from synthfed.privacy.training import PrivateTraining
 
         sgd = PrivateTraining.plan(config, fed, epsilon=config.local_epsilon)
-    ledger = _ledger(config, fed, sgd)
-    for cid, data in enumerate(fed.clients):
-        # The budget is the planned composition: uploads plus DP-SGD (if any).
-        client = ledger.clients[str(cid)]
-        planned = upload_mechanisms(float(acp[t0]), clip_norm=clip, copies=config.upload_copies,
-                                    label_epsilon=config.label_epsilon)
-        if sgd is not None:
-            nz = sgd.noise[cid]
-            from synthfed.privacy.accountant import SubsampledGaussian
-
-            planned.append(SubsampledGaussian(noise_multiplier=nz.noise_multiplier, sampling_rate=nz.sampling_rate,
-                                              steps=nz.planned_steps))
-        client.epsilon_budget = compute_epsilon(planned, delta=client.delta).epsilon_upper
+    ledger = pfdm_ledger(config, sizes, sgd=sgd, alpha_bar_t0=alpha_bar_t0, clip=clip)
 
     torch.manual_seed(config.seed)
     model = build_unet(spec)
@@ -143,25 +196,14 @@ def run_pfdm(
     uploads, upload_labels = [], []
     for cid, data in enumerate(fed.clients):
         images, labels = data.to_tensor()
-        gen = torch.Generator().manual_seed(derive_seed(config.seed, 0, cid))
-        x, y = make_uploads(images, labels, alpha_bar=float(acp[t0]), clip_norm=clip, copies=config.upload_copies,
-                            num_classes=len(fed.class_names), label_epsilon=config.label_epsilon, generator=gen)
+        x, y = client_uploads(config, cid, images, labels, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0,
+                              num_classes=len(fed.class_names))
         uploads.append(x)
         upload_labels.append(y)
         if start_round == 1:
-            for m in upload_mechanisms(float(acp[t0]), clip_norm=clip, copies=config.upload_copies,
-                                       label_epsilon=config.label_epsilon):
-                ledger.clients[str(cid)].record(m, round=1, note=f"forward-noise upload at t0={t0}")
+            record_uploads(ledger.clients[str(cid)], config, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0)
     pooled_x, pooled_y = torch.cat(uploads), torch.cat(upload_labels)
-
-    def plan(timestep_range, offset):
-        return LocalTraining(epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
-                             label_dropout=config.label_dropout, null_label=spec.null_label, ema_decay=config.ema_decay,
-                             precision=config.precision, multiplicity=config.noise_multiplicity,
-                             timestep_range=timestep_range, timestep_offset=offset)
-
-    server_plan = plan(None, t0 + 1)
-    client_plan = plan((0, t0 + 1), 0)
+    server_plan, client_plan = pfdm_plans(config, spec.null_label, t0)
     tensors = [c.to_tensor() for c in fed.clients]
     last_round = config.rounds if stop_after_round is None else min(config.rounds, stop_after_round)
     last_dir = latest
@@ -170,30 +212,21 @@ def run_pfdm(
         progress(TaskAdvanced("round", start_round - 1))
     for server_round in range(start_round, last_round + 1):
         metrics: dict = {"round": server_round, "clients": {}}
-        gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, 10**6))
-        update = client_update(model, state=shared, ema=shared_ema, ema_step=ema_steps[SERVER], images=pooled_x,
-                               labels=pooled_y, plan=server_plan, alphas_cumprod=high.alphas_cumprod(), generator=gen,
-                               device=device, progress=progress)
+        update = train_shared(model, config, server_round, state=shared, ema=shared_ema, ema_step=ema_steps[SERVER],
+                              images=pooled_x, labels=pooled_y, plan=server_plan, high=high, device=device,
+                              progress=progress)
         shared, shared_ema, ema_steps[SERVER] = update.state, update.ema, update.ema_step
         metrics["server"] = update.metrics
-        rng = np.random.default_rng([config.seed, server_round])
-        k = config.clients_per_round(len(fed.clients))
-        chosen = sorted(int(c) for c in rng.choice(len(fed.clients), size=k, replace=False))
+        chosen = pfdm_chosen(config, len(fed.clients), server_round)
         progress(TaskStarted("client", f"round {server_round}: clients", len(chosen)))
         for cid in chosen:
-            gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
-            factory = None
-            if sgd is not None:
-                if not sgd.may_train(cid, server_round=server_round):
-                    progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
-                    continue
-                factory = sgd.stepper_factory(cid, gen)
             images, labels = tensors[cid]
-            upd = client_update(model, state=local[cid], ema=local_ema[cid], ema_step=ema_steps[cid], images=images,
-                                labels=labels, plan=client_plan, alphas_cumprod=acp, generator=gen, device=device,
-                                stepper_factory=factory, progress=progress)
-            if sgd is not None:
-                sgd.record(cid, server_round=server_round, mechanisms=upd.mechanisms)
+            upd = client_round(model, config=config, plan=client_plan, cid=cid, server_round=server_round,
+                               state=local[cid], ema=local_ema[cid], ema_step=ema_steps[cid], images=images,
+                               labels=labels, alphas_cumprod=acp, device=device, privacy=sgd, progress=progress)
+            if upd is None:
+                progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
+                continue
             local[cid], local_ema[cid], ema_steps[cid] = upd.state, upd.ema, upd.ema_step
             metrics["clients"][str(cid)] = upd.metrics
             progress(TaskAdvanced("client", 1, {"client": cid, **upd.metrics}))

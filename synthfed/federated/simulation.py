@@ -88,15 +88,75 @@ def local_training(config: TrainConfig, spec: ModelSpec, strategy: Strategy) -> 
 
 
 def model_spec_for(config: TrainConfig, fed: FederatedData) -> ModelSpec:
-    c, h, _ = fed.clients[0].image_shape
+    return spec_from_shape(config, fed.clients[0].image_shape, fed.class_names)
+
+
+def spec_from_shape(config: TrainConfig, image_shape: tuple[int, int, int], class_names) -> ModelSpec:
+    c, h, _ = image_shape
     return ModelSpec(
         preset=config.preset,
         image_size=h,
         channels=c,
-        num_classes=len(fed.class_names),
-        class_names=fed.class_names,
+        num_classes=len(class_names),
+        class_names=tuple(class_names),
         schedule=config.schedule().to_dict(),
     )
+
+
+def initial_state(config: TrainConfig, spec: ModelSpec) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The run's starting weights: every engine and every node builds the same
+    ones from the seed, so the local parts never need to be sent."""
+    torch.manual_seed(config.seed)
+    model = build_unet(spec)
+    return model, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def client_round(
+    model: torch.nn.Module,
+    *,
+    config: TrainConfig,
+    plan: LocalTraining,
+    cid: int,
+    server_round: int,
+    state: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    ema_step: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    device: torch.device,
+    privacy=None,
+    record: bool = True,
+    progress: Progress = null_progress,
+):
+    """Client ``cid``'s training in ``server_round``, from its own seed stream;
+    None when its privacy budget does not allow the round. The same call in
+    every engine is what makes a Flower run reproduce the simulation.
+    ``record=False``: the round was released before (a re-run after a crash,
+    with the same seeds and inputs, hence the same release): not counted twice."""
+    generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
+    stepper_factory = None
+    if privacy is not None:
+        if record and not privacy.may_train(cid, server_round=server_round):
+            return None
+        stepper_factory = privacy.stepper_factory(cid, generator)
+    update = client_update(
+        model,
+        state=state,
+        ema=ema,
+        ema_step=ema_step,
+        images=images,
+        labels=labels,
+        plan=plan,
+        alphas_cumprod=alphas_cumprod,
+        generator=generator,
+        device=device,
+        stepper_factory=stepper_factory,
+        progress=progress,
+    )
+    if privacy is not None and record:
+        privacy.record(cid, server_round=server_round, mechanisms=update.mechanisms)
+    return update
 
 
 def _run_info(config: TrainConfig, fed: FederatedData, spec: ModelSpec) -> dict:
@@ -141,13 +201,11 @@ def run_simulation(
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
     spec = model_spec_for(config, fed)
-    torch.manual_seed(config.seed)
-    model = build_unet(spec)
-    keys = list(model.state_dict().keys())
+    model, init = initial_state(config, spec)
+    keys = list(init)
     strategy = build_strategy(config, len(fed.clients), keys)
     shared_keys = {k for k in keys if strategy.is_shared(k)}
     local_keys = set(keys) - shared_keys
-    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     start_round = 1
     history: list[dict] = []
@@ -192,30 +250,26 @@ def run_simulation(
         progress(TaskStarted("client", f"round {server_round}: clients", len(chosen)))
         for cid in chosen:
             images, labels = tensors[cid]
-            generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
-            stepper_factory = None
-            if privacy is not None:
-                if not privacy.may_train(cid, server_round=server_round):
-                    progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
-                    progress(TaskAdvanced("client"))
-                    continue
-                stepper_factory = privacy.stepper_factory(cid, generator)
-            update = client_update(
+            update = client_round(
                 model,
+                config=config,
+                plan=plan,
+                cid=cid,
+                server_round=server_round,
                 state={**global_state, **local_states[cid]},
                 ema={**global_ema, **local_emas[cid]},
                 ema_step=ema_steps[cid],
                 images=images,
                 labels=labels,
-                plan=plan,
                 alphas_cumprod=alphas_cumprod,
-                generator=generator,
                 device=device,
-                stepper_factory=stepper_factory,
+                privacy=privacy,
                 progress=progress,
             )
-            if privacy is not None:
-                privacy.record(cid, server_round=server_round, mechanisms=update.mechanisms)
+            if update is None:
+                progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
+                progress(TaskAdvanced("client"))
+                continue
             local_states[cid] = {k: update.state[k] for k in local_keys}
             local_emas[cid] = {k: update.ema[k] for k in local_keys}
             ema_steps[cid] = update.ema_step

@@ -1,0 +1,269 @@
+"""What a Flower node does, without Flower: its data, its private state, its ledger.
+
+A node (one institution) holds its own records and, in a directory that never
+leaves it, everything it must remember between rounds:
+
+    <state-dir>/<run-name>/
+        node.json                       commit point: client id, the run's config,
+                                        EMA step per round, and the privacy ledger
+        local/round-0003.safetensors    the local (never shared) weights after round 3
+
+A round is committed in that order (weights file, then ``node.json``, each
+atomically) *before* the reply leaves the node, so a node killed at any moment
+has a ledger that counts every round whose update could have been released.
+A round that is asked for again (the server resumed after a crash) starts from
+the node's state before that round and uses the same seeds, so it is the same
+release: it is trained again but not counted twice.
+
+The training itself is ``synthfed.federated.simulation.client_round``: the
+exact call the in-process engine makes, so a Flower run reproduces it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from synthfed.config import TrainConfig
+from synthfed.data import ImageDataset, load_source
+from synthfed.federated.simulation import (
+    build_strategy,
+    client_round,
+    initial_state,
+    local_training,
+    resolve_device,
+    spec_from_shape,
+)
+from synthfed.io import write_bytes_atomic, write_json_atomic
+from synthfed.model.presets import ModelSpec
+from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
+
+NODE_FILE = "node.json"
+KEEP_LOCAL_ROUNDS = 2
+
+
+class NodeError(RuntimeError):
+    """The node cannot serve this request (wrong run, wrong data, bad config)."""
+
+
+def node_dataset(config: TrainConfig, *, partition_id: int, data: str | None = None) -> ImageDataset:
+    """This node's records: its own source (``data``, a folder/CSV/idx the
+    institution holds) or, for demos and tests, partition ``partition_id`` of
+    the run's data split exactly as ``synthfed train`` splits it."""
+    from synthfed.train import cap_client, load_federated_data
+
+    if config.strategy == "centralized":
+        raise NodeError("the centralized baseline pools the data in one place; it does not run on Flower")
+    if not 0 <= partition_id < config.num_clients:
+        raise NodeError(f"partition-id {partition_id} is outside 0..{config.num_clients - 1} (the run has "
+                        f"{config.num_clients} clients)")
+    if data:
+        own = load_source(data, split="train")
+        if config.image_size is not None:
+            own = own.resized(config.image_size)
+        return cap_client(config, partition_id, own)
+    return load_federated_data(config).clients[partition_id]
+
+
+def describe(data: ImageDataset, partition_id: int) -> dict:
+    """What the server may learn about a node: sizes and shapes, never records."""
+    c, h, w = data.image_shape
+    return {"client-id": partition_id, "num-examples": len(data), "channels": c, "height": h, "width": w,
+            "class-names": json.dumps(list(data.class_names)), "fingerprint": data.fingerprint()}
+
+
+@dataclass
+class NodeState:
+    client_id: int
+    config: dict
+    rounds: dict[int, int]  # round -> EMA step after it
+    ledger: PrivacyLedger | None
+
+
+class NodeStore:
+    """The node-local directory of one run."""
+
+    def __init__(self, root: str | Path, run_name: str) -> None:
+        if not run_name or "/" in run_name or run_name.startswith("."):
+            raise NodeError(f"run name {run_name!r} is not a plain folder name")
+        self.dir = Path(root) / run_name
+
+    def load(self) -> NodeState | None:
+        path = self.dir / NODE_FILE
+        if not path.is_file():
+            return None
+        raw = json.loads(path.read_text())
+        return NodeState(
+            client_id=int(raw["client_id"]),
+            config=raw["config"],
+            rounds={int(r): int(s) for r, s in raw["rounds"].items()},
+            ledger=None if raw.get("ledger") is None else PrivacyLedger.from_dict(raw["ledger"]),
+        )
+
+    def local_file(self, server_round: int) -> Path:
+        return self.dir / "local" / f"round-{server_round:04d}.safetensors"
+
+    def load_local(self, server_round: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.local_file(server_round)))
+
+    def commit(self, state: NodeState, server_round: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Weights first, then the commit point; old rounds pruned last."""
+        path = self.local_file(server_round)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        write_bytes_atomic(path, tmp.read_bytes())
+        tmp.unlink()
+        self.commit_state(state)
+        for old in sorted(state.rounds)[:-KEEP_LOCAL_ROUNDS]:
+            if old < server_round:
+                self.local_file(old).unlink(missing_ok=True)
+
+    def commit_state(self, state: NodeState) -> None:
+        write_json_atomic(self.dir / NODE_FILE, {
+            "format": 1,
+            "client_id": state.client_id,
+            "config": state.config,
+            "rounds": {str(r): s for r, s in sorted(state.rounds.items())},
+            "ledger": None if state.ledger is None else state.ledger.to_dict(),
+        })
+
+
+class NodeTrainer:
+    """One node's side of a run: FedAvg-style (fedavg, local, fedper, fedrep:
+    shared entries in, shared entries out) or PFDM (a one-time forward-noised
+    upload, then the node's own low-noise denoiser, which never leaves it)."""
+
+    def __init__(self, config: TrainConfig, data: ImageDataset, *, client_id: int, store: NodeStore,
+                 t0: int | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.cid = client_id
+        self.store = store
+        self.spec: ModelSpec = spec_from_shape(config, data.image_shape, data.class_names)
+        self.model, self.init = initial_state(config, self.spec)
+        self.state = self._open()
+        self.privacy = None
+        if config.strategy == "pfdm":
+            self._setup_pfdm(t0)
+            return
+        strategy = build_strategy(config, config.num_clients, list(self.init))
+        self.plan = local_training(config, self.spec, strategy)
+        self.shared_keys = sorted(k for k in self.init if strategy.is_shared(k))
+        self.local_keys = sorted(set(self.init) - set(self.shared_keys))
+        if config.private:
+            from synthfed.privacy.training import PrivateTraining
+
+            self.privacy = PrivateTraining.plan_clients(config, {client_id: len(data)})
+            if self.state.ledger is not None:
+                self.privacy.restore(self.state.ledger.to_dict())
+            self.state.ledger = self.privacy.ledger
+
+    def _setup_pfdm(self, t0: int | None) -> None:
+        from synthfed.federated.pfdm import pfdm_ledger, pfdm_plans, resolve_clip_norm
+        from synthfed.privacy.calibration import default_delta
+        from synthfed.privacy.forward_noise import upload_epsilon
+
+        config = self.config
+        if t0 is None:
+            raise NodeError("a PFDM message without the hand-off timestep t0")
+        acp = config.schedule().alphas_cumprod()
+        self.t0, self.clip = t0, resolve_clip_norm(config, self.data.image_shape)
+        self.alpha_bar_t0 = float(acp[t0])
+        n = len(self.data)
+        delta = config.delta if config.delta is not None else default_delta(n)
+        if config.epsilon is not None:
+            # The server picks t0 for everyone; the node checks it meets its own (ε, δ).
+            report = upload_epsilon(acp, t0, delta=delta, clip_norm=self.clip, copies=config.upload_copies,
+                                    label_epsilon=config.label_epsilon)
+            if report.epsilon_upper > config.epsilon:
+                raise NodeError(f"t0={t0} gives this client epsilon {report.epsilon_upper:.3f} > {config.epsilon}; "
+                                "refusing to upload")
+        self.shared_keys, self.local_keys = [], sorted(self.init)
+        self.plan = pfdm_plans(config, self.spec.null_label, t0)[1]
+        if config.local_epsilon is not None:
+            from synthfed.privacy.training import PrivateTraining
+
+            self.privacy = PrivateTraining.plan_clients(config, {self.cid: n}, epsilon=config.local_epsilon)
+        ledger = pfdm_ledger(config, {self.cid: n}, sgd=self.privacy, alpha_bar_t0=self.alpha_bar_t0, clip=self.clip)
+        if self.state.ledger is not None:
+            if self.privacy is not None:
+                self.privacy.restore(self.state.ledger.to_dict())
+                ledger = self.privacy.ledger
+            else:
+                ledger = self.state.ledger
+        self.state.ledger = ledger
+
+    def upload(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """PFDM's one release: the forward-noised images at t0 (and labels), the
+        same tensors however often it is asked; recorded once, before it leaves."""
+        from synthfed.federated.pfdm import client_uploads, record_uploads
+
+        images, labels = self.data.to_tensor()
+        x, y = client_uploads(self.config, self.cid, images, labels, t0=self.t0, clip=self.clip,
+                              alpha_bar_t0=self.alpha_bar_t0, num_classes=len(self.spec.class_names))
+        ledger = self.ledger
+        if not any(e.note.startswith("forward-noise upload") for e in ledger.entries):
+            record_uploads(ledger, self.config, t0=self.t0, clip=self.clip, alpha_bar_t0=self.alpha_bar_t0)
+            self.store.commit_state(self.state)
+        return x, y
+
+    def _open(self) -> NodeState:
+        saved = self.store.load()
+        if saved is None:
+            return NodeState(client_id=self.cid, config=self.config.to_dict(), rounds={}, ledger=None)
+        if saved.client_id != self.cid or saved.config != self.config.to_dict():
+            raise NodeError(f"{self.store.dir} holds another run (other client id or configuration); "
+                            "use another run name or state directory")
+        return saved
+
+    @property
+    def ledger(self) -> ClientLedger | None:
+        return None if self.state.ledger is None else self.state.ledger.clients[str(self.cid)]
+
+    def _start(self, server_round: int) -> tuple[dict, dict, int]:
+        """Local weights, local EMA and EMA step from the last round before this one."""
+        before = [r for r in self.state.rounds if r < server_round]
+        if not before:
+            local = {k: self.init[k].clone() for k in self.local_keys}
+            return local, {k: v.clone() for k, v in local.items()}, 0
+        last = max(before)
+        saved = self.store.load_local(last)
+        local = {k: saved[f"model.{k}"] for k in self.local_keys}
+        ema = {k: saved[f"ema.{k}"] for k in self.local_keys}
+        return local, ema, self.state.rounds[last]
+
+    def train(self, server_round: int, shared: dict[str, torch.Tensor], shared_ema: dict[str, torch.Tensor],
+              *, progress=None) -> dict | None:
+        """Train round ``server_round`` from the server's shared weights. Returns
+        the reply {state, ema, num_examples, metrics} with only shared entries,
+        or None when this client's privacy budget does not allow the round."""
+        missing = set(self.shared_keys) - set(shared)
+        if missing or set(shared) - set(self.shared_keys):
+            raise NodeError(f"the server sent other shared entries than this run's strategy shares "
+                            f"({len(missing)} missing)")
+        local, local_ema, ema_step = self._start(server_round)
+        ledger = self.ledger
+        released_before = ledger is not None and server_round in ledger.rounds_participated()
+        images, labels = self.data.to_tensor()
+        kwargs = {} if progress is None else {"progress": progress}
+        update = client_round(
+            self.model, config=self.config, plan=self.plan, cid=self.cid,
+            server_round=server_round, state={**shared, **local}, ema={**shared_ema, **local_ema}, ema_step=ema_step,
+            images=images, labels=labels, alphas_cumprod=self.config.schedule().alphas_cumprod(),
+            device=resolve_device(self.config.device), privacy=self.privacy, record=not released_before, **kwargs)
+        if update is None:
+            return None
+        self.state.rounds[server_round] = update.ema_step
+        tensors = {f"model.{k}": update.state[k] for k in self.local_keys}
+        tensors.update({f"ema.{k}": update.ema[k] for k in self.local_keys})
+        self.store.commit(self.state, server_round, tensors)
+        return {
+            "state": {k: update.state[k] for k in self.shared_keys},
+            "ema": {k: update.ema[k] for k in self.shared_keys},
+            "num_examples": update.num_examples,
+            "metrics": update.metrics,
+        }

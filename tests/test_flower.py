@@ -1,0 +1,185 @@
+"""The Flower ServerApp/ClientApp logic against the in-process simulation.
+
+Messages go through ``LoopbackGrid`` (deep-copied, as over the wire) to the
+real ClientApp; ``test_flower_deployment.py`` does the same with SuperLink and
+SuperNode processes. Reference: ``synthfed train`` with the same seeds."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import pytest
+
+pytest.importorskip("flwr")
+
+import torch  # noqa: E402
+from flwr.app import Context, RecordDict  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from flower_loopback import LoopbackGrid  # noqa: E402
+from synthfed.config import ConfigError, TrainConfig  # noqa: E402
+from synthfed.federated.simulation import build_strategy  # noqa: E402
+from synthfed.flower.client_app import app as client_app  # noqa: E402
+from synthfed.flower.node import NodeError, NodeStore, NodeTrainer, node_dataset  # noqa: E402
+from synthfed.flower.run_config import FlowerOptions, from_run_config, to_run_config  # noqa: E402
+from synthfed.flower.server import FlowerServer, RoundFailed  # noqa: E402
+from synthfed.train import train  # noqa: E402
+
+TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20, batch_size=64,
+            rounds=2, seed=3)
+
+
+def _weights(round_dir, which="ema"):
+    return load_file(f"{round_dir}/global/{which}/diffusion_pytorch_model.safetensors")
+
+
+def _flower(tmp_path, config, *, secagg=False, min_clients=1, resume=False, grid=None):
+    grid = grid or _grid(tmp_path, config.num_clients)
+    options = FlowerOptions(run_dir=str(tmp_path / "server"), run_name="demo", node_wait=5, secagg=secagg,
+                            min_clients=min_clients, resume=resume).validate(config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    return grid, FlowerServer(grid, config, options, context=context).run()
+
+
+def _node_ledger(tmp_path, cid):
+    return json.loads((tmp_path / f"node{cid}" / "demo" / "node.json").read_text())["ledger"]["clients"][str(cid)]
+
+
+def _sim_ledger(result, cid):
+    return json.loads((result.last_round_dir / "ledger.json").read_text())["clients"][str(cid)]
+
+
+def _shared_keys(config, weights):
+    strategy = build_strategy(config, config.num_clients, list(weights))
+    return [k for k in weights if strategy.is_shared(k)]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedper"])
+def test_flower_run_equals_the_simulation_with_dp_sgd_and_the_same_ledgers(tmp_path, strategy):
+    # Prepare
+    config = TrainConfig(**TINY, strategy=strategy, epsilon=8.0).validate()
+    sim = train(config, tmp_path / "sim")
+    # Execute
+    _, result = _flower(tmp_path, config)
+    # Assert: shared weights, each node's local head and each ledger are the simulation's, bit for bit
+    a, b = _weights(sim.last_round_dir), _weights(result["last_round_dir"])
+    for k in _shared_keys(config, a):
+        assert torch.equal(a[k], b[k]), k
+    for cid in range(2):
+        assert _node_ledger(tmp_path, cid) == _sim_ledger(sim, cid)
+        sim_local = sim.last_round_dir / "clients" / f"client-{cid:02d}.safetensors"
+        if sim_local.exists():
+            node_local = load_file(sorted(glob.glob(str(tmp_path / f"node{cid}" / "demo" / "local" / "*")))[-1])
+            ref = load_file(str(sim_local))
+            assert ref.keys() == node_local.keys() and all(torch.equal(ref[k], node_local[k]) for k in ref)
+    info = json.loads((tmp_path / "server" / "run.json").read_text())
+    assert info["engine"] == "flower" and [c["n"] for c in info["clients"]] == [c["n"] for c in
+                                                                                   json.loads((tmp_path / "sim" / "run.json").read_text())["clients"]]
+    assert not (tmp_path / "server" / "rounds" / "round-0002" / "ledger.json").exists()  # ledgers stay on the nodes
+
+
+def test_pfdm_on_flower_equals_the_simulation(tmp_path):
+    config = TrainConfig(**{**TINY, "num_train_timesteps": 1000}, strategy="pfdm", epsilon=8.0,
+                         public_labels=True).validate()
+    sim = train(config, tmp_path / "sim")
+    _, result = _flower(tmp_path, config)
+    a, b = _weights(sim.last_round_dir), _weights(result["last_round_dir"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for cid in range(2):
+        assert _node_ledger(tmp_path, cid) == _sim_ledger(sim, cid)
+        ref = load_file(str(sim.last_round_dir / "clients" / f"client-{cid:02d}.safetensors"))
+        node_local = load_file(sorted(glob.glob(str(tmp_path / f"node{cid}" / "demo" / "local" / "*")))[-1])
+        assert all(torch.equal(ref[k], node_local[k]) for k in ref)
+
+
+def _grid(tmp_path, n=2, extra=None):
+    return LoopbackGrid(client_app, {101 + i: {"partition-id": i, "state-dir": str(tmp_path / f"node{i}"),
+                                               **(extra or {}).get(i, {})} for i in range(n)})
+
+
+def test_secagg_average_is_within_its_quantization_step_and_the_server_sees_no_single_update(tmp_path):
+    # One round: the average itself, before later training amplifies its rounding.
+    config = TrainConfig(**{**TINY, "rounds": 1}, strategy="fedavg").validate()
+    sim = train(config, tmp_path / "sim")
+    grid = _grid(tmp_path)
+    _, result = _flower(tmp_path, config, secagg=True, grid=grid)
+    a, b = _weights(sim.last_round_dir), _weights(result["last_round_dir"])
+    # Each client's weighted update is rounded to 2*clip/2**22 (clip 8); the
+    # sum is then divided by the (quantized) total weight.
+    step = 2 * 8.0 / 2**22
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert 0 < worst <= 2 * step
+    train_replies = [r for r in grid.replies if r.metadata.message_type == "train"]
+    assert train_replies and all(
+        sum(len(rec) for rec in r.content.array_records.values()) == 0 for r in train_replies)
+
+
+def test_a_node_failing_mid_run_does_not_stop_the_round_and_its_ledger_counts_what_it_ran(tmp_path):
+    config = TrainConfig(**{**TINY, "rounds": 3}, strategy="fedavg", epsilon=8.0).validate()
+    grid = _grid(tmp_path)
+    grid.fail_rounds[101] = {2, 3}
+    _, result = _flower(tmp_path, config, grid=grid)
+    history = result["history"]
+    assert [h["replied"] for h in history] == [[0, 1], [1], [1]]
+    assert "crashed" in history[1]["failed"]["0"]
+    assert [e["round"] for e in _node_ledger(tmp_path, 0)["entries"]] == [1]
+    assert [e["round"] for e in _node_ledger(tmp_path, 1)["entries"]] == [1, 2, 3]
+
+
+def test_too_few_replies_stop_the_run_and_resume_neither_spends_twice_nor_forgets(tmp_path):
+    config = TrainConfig(**{**TINY, "rounds": 3}, strategy="fedavg", epsilon=8.0).validate()
+    sim = train(config, tmp_path / "sim")
+    grid = _grid(tmp_path)
+    grid.fail_rounds[101] = {2}  # node 1 trains (and counts) round 2 before the round fails
+    with pytest.raises(RoundFailed, match="min-clients 2"):
+        _flower(tmp_path, config, min_clients=2, grid=grid)
+    assert (tmp_path / "server" / "LATEST").read_text().strip() == "round-0001"
+    assert [e["round"] for e in _node_ledger(tmp_path, 1)["entries"]] == [1, 2]
+    grid.fail_rounds.clear()
+    _, result = _flower(tmp_path, config, min_clients=2, resume=True, grid=grid)
+    a, b = _weights(sim.last_round_dir), _weights(result["last_round_dir"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for cid in range(2):
+        assert _node_ledger(tmp_path, cid) == _sim_ledger(sim, cid)
+
+
+def test_a_node_refuses_a_run_above_its_max_epsilon(tmp_path):
+    config = TrainConfig(**TINY, strategy="fedavg", epsilon=8.0).validate()
+    grid = _grid(tmp_path, extra={0: {"max-epsilon": 4.0}})
+    _, result = _flower(tmp_path, config, grid=grid)
+    assert all(h["replied"] == [1] for h in result["history"])
+    assert all(h["failed"] == {"0": "no node connected"} for h in result["history"])
+    assert not (tmp_path / "node0").exists()
+
+
+def test_a_pfdm_node_refuses_a_t0_that_breaks_its_budget(tmp_path):
+    config = TrainConfig(**{**TINY, "num_train_timesteps": 1000}, strategy="pfdm", epsilon=8.0,
+                         public_labels=True).validate()
+    data = node_dataset(config, partition_id=0)
+    with pytest.raises(NodeError, match="refusing to upload"):
+        NodeTrainer(config, data, client_id=0, store=NodeStore(tmp_path, "x"), t0=50)
+
+
+def test_node_state_belongs_to_one_run(tmp_path):
+    config = TrainConfig(**TINY, strategy="fedavg").validate()
+    data = node_dataset(config, partition_id=0)
+    trainer = NodeTrainer(config, data, client_id=0, store=NodeStore(tmp_path, "run"))
+    init = {k: trainer.init[k] for k in trainer.shared_keys}
+    trainer.train(1, init, init)
+    with pytest.raises(NodeError, match="another run"):
+        NodeTrainer(config.replace(lr=1e-3), data, client_id=0, store=NodeStore(tmp_path, "run"))
+
+
+def test_run_config_mirrors_the_train_options():
+    config = TrainConfig(**TINY, strategy="fedper", epsilon=8.0).validate()
+    options = FlowerOptions(run_dir="/tmp/x", run_name="x")
+    back, back_options = from_run_config(to_run_config(config, options))
+    assert back == config and back_options == options
+    assert from_run_config({"run-dir": "r", "epsilon": 8, "local-epochs": 2})[0].epsilon == 8
+    with pytest.raises(ConfigError, match="unknown run-config key"):
+        from_run_config({"run-dir": "r", "epsilom": 8})
+    with pytest.raises(ConfigError, match="averages nothing"):
+        from_run_config({"run-dir": "r", "strategy": "local", "secagg": True})
+    with pytest.raises(ConfigError, match="pools the data"):
+        from_run_config({"run-dir": "r", "strategy": "centralized"})
