@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -38,6 +39,22 @@ def parse_participation(text: str) -> float:
     except ValueError:
         fail(f"--participation must be a fraction like 0.5 or a count like 3, not {text!r}")
     return value
+
+
+def train_config(p: dict) -> TrainConfig:
+    """The validated ``TrainConfig`` of ``synthfed train``'s option values (also
+    used by ``synthfed flower run``, which takes the same options)."""
+    return TrainConfig(
+        data=p["data"], image_size=p["image_size"], partition=p["partition"], num_clients=p["clients"],
+        alpha=p["alpha"], min_partition_size=p["min_partition_size"], max_client_size=p["max_client_size"],
+        strategy=p["strategy"], rounds=p["rounds"], local_epochs=p["local_epochs"],
+        participation=parse_participation(p["participation"]), batch_size=p["batch_size"], lr=p["lr"],
+        ema_decay=p["ema_decay"], label_dropout=p["label_dropout"], precision=p["precision"], preset=p["preset"],
+        num_train_timesteps=p["timesteps"], epsilon=p["epsilon"], delta=p["delta"], max_grad_norm=p["max_grad_norm"],
+        noise_multiplicity=p["noise_multiplicity"], head=p["head"], head_epochs=p["head_epochs"], t0=p["t0"],
+        clip_norm=p["clip_norm"], upload_copies=p["upload_copies"], label_epsilon=p["label_epsilon"],
+        public_labels=p["public_labels"], local_epsilon=p["local_epsilon"], device=p["device"], seed=p["seed"],
+    ).validate()
 
 
 @app.command()
@@ -87,16 +104,7 @@ def train(
             config = TrainConfig.from_dict(read_run_file(resume)["config"]).validate()
             out_dir = resume
         else:
-            config = TrainConfig(
-                data=data, image_size=image_size, partition=partition, num_clients=clients, alpha=alpha,
-                min_partition_size=min_partition_size, max_client_size=max_client_size, strategy=strategy, rounds=rounds, local_epochs=local_epochs,
-                participation=parse_participation(participation), batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                label_dropout=label_dropout, precision=precision, preset=preset, num_train_timesteps=timesteps,
-                epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, noise_multiplicity=noise_multiplicity,
-                head=head, head_epochs=head_epochs, t0=t0, clip_norm=clip_norm, upload_copies=upload_copies,
-                label_epsilon=label_epsilon, public_labels=public_labels, local_epsilon=local_epsilon,
-                device=device, seed=seed,
-            ).validate()
+            config = train_config(click.get_current_context().params)
         with RichProgress(err) as progress:
             result = run_train(config, out_dir, resume=resume is not None, progress=progress)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as exc:
@@ -222,6 +230,9 @@ def register_subcommands() -> None:
     from synthfed.cli.compare_cmds import register as register_compare
 
     register_compare(app)
+    from synthfed.cli.flower_cmds import register as register_flower
+
+    register_flower(app)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ failures) without SuperLink and SuperNode processes; the deployment test in
 from __future__ import annotations
 
 import copy
+import uuid
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -44,6 +45,7 @@ class LoopbackGrid:
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the real Grid does on push
             self.sent.append(msg)
             # A copy, as over the wire: the sender's records are not the receiver's.
             reply = self._deliver(copy.deepcopy(msg))

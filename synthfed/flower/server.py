@@ -58,6 +58,14 @@ class RoundOutcome:
     metrics: dict[int, dict] = field(default_factory=dict)
 
 
+def _replies_by_destination(grid: Grid, msgs: list[Message], timeout: float | None) -> dict[int, Message]:
+    """Replies keyed by the node each message went to. Matched by message id:
+    an error reply for a dead node comes from the SuperLink, not from the node."""
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}  # ids are given on push
+    return {sent[r.metadata.reply_to_message_id]: r for r in replies}
+
+
 class FlowerServer:
     def __init__(self, grid: Grid, config: TrainConfig, options: FlowerOptions, *, context=None,
                  progress: Progress = null_progress) -> None:
@@ -77,9 +85,8 @@ class FlowerServer:
             return
         msgs = [Message(query_content(run_name=self.options.run_name, config_json=self.config_json),
                         dst_node_id=nid, message_type=MessageType.QUERY) for nid in node_ids]
-        for reply in self.grid.send_and_receive(msgs, timeout=self.options.node_wait):
-            nid = reply.metadata.src_node_id
-            self.node_ids_seen.add(nid)
+        self.node_ids_seen.update(node_ids)
+        for nid, reply in _replies_by_destination(self.grid, msgs, self.options.node_wait).items():
             if reply.has_error():
                 self.progress(Note(f"node {nid} refused the run: {reply.error.reason}", "warning"))
                 continue
@@ -123,8 +130,8 @@ class FlowerServer:
         msgs = [Message(contents[cid], dst_node_id=nid, message_type=MessageType.TRAIN)
                 for cid, nid in targets.items()]
         by_node = {nid: cid for cid, nid in targets.items()}
-        timeout = self.options.round_timeout or None
-        return {by_node[r.metadata.src_node_id]: r for r in self.grid.send_and_receive(msgs, timeout=timeout)}
+        replies = _replies_by_destination(self.grid, msgs, self.options.round_timeout or None)
+        return {by_node[nid]: r for nid, r in replies.items()}
 
     def fit_plain(self, server_round: int, targets: dict[int, int], parameters, keys, dtypes) -> RoundOutcome:
         content = {cid: fitins_to_content(train_ins(parameters, server_round=server_round,

@@ -1,0 +1,189 @@
+"""``synthfed flower``: run training across institutions on Flower.
+
+- ``run``: a whole local deployment (SuperLink, one SuperNode per client,
+  the run, then everything stopped), with ``synthfed train``'s options;
+- ``serve`` / ``node``: one SuperLink or one SuperNode in the foreground, for
+  a deployment across machines;
+- ``app``: write the Flower app directory for ``flwr run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synthfed.cli.app import err, fail, out
+from synthfed.config import ConfigError, TrainConfig
+
+flower_app = typer.Typer(no_args_is_help=True, help="Run synthfed on Flower: SuperLink, SuperNodes, SecAgg+.")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _need_flower() -> None:
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        fail("Flower is not installed: pip install 'synthfed[flower]'")
+
+
+def _train_options(args: list[str]) -> TrainConfig:
+    """``synthfed train``'s options, parsed by the train command itself."""
+    from synthfed.cli.app import app, train_config
+
+    command = typer.main.get_command(app).get_command(None, "train")
+    try:
+        with command.make_context("synthfed flower", list(args)) as ctx:
+            if ctx.params.get("resume") is not None:
+                fail("use --resume of synthfed flower run (the nodes keep their state by run name)")
+            return train_config(ctx.params)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # click usage errors
+        fail(str(getattr(exc, "format_message", lambda: exc)()))
+
+
+def _options(out_dir: Path, run_name: Optional[str], secagg: bool, min_clients: int, round_timeout: float,
+             resume: bool, config: TrainConfig):
+    from synthfed.flower.run_config import FlowerOptions
+
+    return FlowerOptions(run_dir=str(out_dir.resolve()), run_name=run_name or out_dir.name, resume=resume,
+                         min_clients=min_clients, round_timeout=round_timeout, secagg=secagg).validate(config)
+
+
+@flower_app.command("run", context_settings=PASS_THROUGH)
+def run(
+    ctx: typer.Context,
+    out_dir: Path = typer.Option(Path("runs/flower"), "--out", help="The server's run directory."),
+    state_dir: Path = typer.Option(Path("flower-nodes"), help="Parent of each node's private state (node-<i>/)."),
+    run_name: Optional[str] = typer.Option(None, help="Run name in the nodes' state (default: the --out folder's name)."),
+    secagg: bool = typer.Option(False, "--secagg", help="Average with Flower's SecAgg+: the server sees only the sum."),
+    min_clients: int = typer.Option(1, help="A round needs replies from at least min(this, chosen) clients."),
+    round_timeout: float = typer.Option(0.0, help="Seconds to wait for a round's replies (0: until Flower reports them)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --out from its last complete round."),
+    work_dir: Optional[Path] = typer.Option(None, help="Flower's files and logs (default: OUT/flower)."),
+    threads: int = typer.Option(1, help="torch threads per node."),
+) -> None:
+    """Train on a local Flower deployment with synthfed train's options (e.g. --epsilon 8 --rounds 3)."""
+    _need_flower()
+    from synthfed.flower.deploy import Deployment, write_app
+    from synthfed.flower.run_config import to_run_config
+
+    config = _train_options(ctx.args)
+    if resume and out_dir.exists():  # the run's own configuration, as synthfed train --resume
+        from synthfed.checkpoint import read_run_file
+
+        config = TrainConfig.from_dict(read_run_file(out_dir)["config"]).validate()
+    try:
+        options = _options(out_dir, run_name, secagg, min_clients, round_timeout, resume, config)
+    except ConfigError as exc:
+        fail(str(exc))
+    root = (work_dir or out_dir / "flower").resolve()
+    with Deployment(root) as deployment:
+        address = deployment.start_superlink()
+        err.print(f"SuperLink on {address}; logs in {deployment.logs}")
+        for cid in range(config.num_clients):
+            deployment.start_node(cid, state_dir=state_dir / f"node-{cid}", threads=threads)
+        app_dir = write_app(root / "app", to_run_config(config, options))
+        status = deployment.run(app_dir, on_line=lambda line: err.print(line, markup=False, highlight=False))
+    if status.get("status") != "finished:completed":
+        fail(f"the Flower run ended {status.get('status')}: {status.get('status-details')}", code=1)
+    out.print(f"run directory: {options.run_dir}")
+    out.print(f"node state (private to each institution): {state_dir.resolve()}/node-*/{options.run_name}")
+
+
+@flower_app.command("app", context_settings=PASS_THROUGH)
+def app_command(
+    ctx: typer.Context,
+    app_dir: Path = typer.Option(..., "--app-dir", help="Folder for the Flower app (pyproject.toml)."),
+    out_dir: Path = typer.Option(..., "--out", help="The server's run directory."),
+    run_name: Optional[str] = typer.Option(None, help="Run name in the nodes' state."),
+    secagg: bool = typer.Option(False, "--secagg", help="Average with SecAgg+."),
+    min_clients: int = typer.Option(1, help="Minimum replies per round."),
+    round_timeout: float = typer.Option(0.0, help="Seconds to wait for a round's replies (0: no limit)."),
+) -> None:
+    """Write a Flower app directory for `flwr run APP_DIR <superlink>` with synthfed train's options."""
+    from synthfed.flower.deploy import write_app
+    from synthfed.flower.run_config import to_run_config
+
+    config = _train_options(ctx.args)
+    try:
+        options = _options(out_dir, run_name, secagg, min_clients, round_timeout, False, config)
+    except ConfigError as exc:
+        fail(str(exc))
+    write_app(app_dir, to_run_config(config, options))
+    out.print(f"wrote {app_dir / 'pyproject.toml'}")
+
+
+@flower_app.command("serve")
+def serve(
+    port: int = typer.Option(9093, help="The SuperLink's port (one HTTP port for nodes, ServerApps and flwr)."),
+    work_dir: Path = typer.Option(Path("flower-superlink"), help="Flower's files (FLWR_HOME) and logs."),
+) -> None:
+    """Run a SuperLink on 127.0.0.1 in the foreground (Ctrl-C stops it and its children)."""
+    _need_flower()
+    from synthfed.flower.deploy import Deployment
+
+    deployment = Deployment(work_dir.resolve())
+    try:
+        address = deployment.start_superlink(port=port)
+        out.print(f"SuperLink on {address}. Runs: FLWR_HOME={deployment.home} flwr run APP_DIR synthfed")
+        deployment.superlink.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        deployment.stop()
+
+
+@flower_app.command("node")
+def node(
+    partition_id: int = typer.Option(..., help="This institution's client id in the run."),
+    state_dir: Path = typer.Option(..., help="Private folder for local weights and the privacy ledger."),
+    superlink: str = typer.Option("127.0.0.1:9093", help="The SuperLink's address."),
+    data: Optional[str] = typer.Option(None, help="This node's own data (folder:DIR, csv:FILE...); default: its partition of the run's data."),
+    max_epsilon: Optional[float] = typer.Option(None, help="Refuse runs that would spend more than this epsilon."),
+    threads: int = typer.Option(1, help="torch threads."),
+    work_dir: Path = typer.Option(Path("flower-node"), help="Flower's files (FLWR_HOME) and logs."),
+) -> None:
+    """Run a SuperNode in the foreground (Ctrl-C stops it and its ClientApps)."""
+    _need_flower()
+    from synthfed.flower.deploy import Deployment
+
+    deployment = Deployment(work_dir.resolve())
+    host, _, port = superlink.rpartition(":")
+    if not host or not port.isdigit():
+        fail(f"--superlink must be HOST:PORT, not {superlink!r}")
+    deployment.port = int(port)
+    try:
+        proc = deployment.start_node(partition_id, state_dir=state_dir, data=data, threads=threads,
+                                     max_epsilon=max_epsilon, superlink=superlink)
+        out.print(f"SuperNode for client {partition_id} connected to {superlink}; state in {state_dir}")
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        deployment.stop()
+
+
+@flower_app.command("ledger")
+def ledger(
+    state_dir: Path = typer.Argument(..., help="A node's state folder (as given to the node)."),
+    run_name: str = typer.Argument(..., help="The run's name."),
+) -> None:
+    """Show a node's privacy ledger (what it spent, by the accountant)."""
+    from synthfed.cli.privacy_cmds import ledger_table
+    from synthfed.privacy.ledger import PrivacyLedger
+
+    path = state_dir / run_name / "node.json"
+    if not path.is_file():
+        fail(f"no node state for run {run_name!r} in {state_dir}")
+    raw = json.loads(path.read_text())
+    if raw.get("ledger") is None:
+        out.print("privacy: NOT differentially private (no --epsilon)")
+        return
+    out.print(ledger_table(PrivacyLedger.from_dict(raw["ledger"]).table(), f"node {raw['client_id']}: privacy spent"))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(flower_app, name="flower")

@@ -1,0 +1,287 @@
+"""Start, drive and stop a Flower deployment on this machine (flwr 1.42).
+
+What runs: one ``flower-superlink`` (one HTTP port on 127.0.0.1, ServerApps
+in subprocesses, ``--disable-runtime-dependency-installation`` so it uses the
+installed synthfed and torch instead of installing the app's dependencies),
+one ``flower-supernode`` per institution, and ``flwr run`` of a generated app
+directory whose config holds the run's options. Telemetry and update checks
+are off; every Flower file lives under the deployment's ``FLWR_HOME``, never
+in the user's home. ``stop`` ends every process it started, children
+included (Flower starts ``flower-superexec``, ``flwr-serverapp`` and one
+``flwr-clientapp`` per message), by PID: SIGTERM, then SIGKILL after a grace
+period. Nothing here imports flwr: it drives Flower's own commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+APP_NAME = "synthfed-app"
+CONNECTION = "synthfed"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment of every Flower process: quiet, local, and with this
+    interpreter's scripts first on PATH (SuperLink and SuperNode start
+    ``flower-superexec`` by name)."""
+    env = dict(os.environ)
+    env.update(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def flower_command(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: install the Flower extra, pip install 'synthfed[flower]'")
+    return found
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def write_app(app_dir: Path, run_config: dict) -> Path:
+    """A Flower app directory whose components are synthfed's installed apps and
+    whose config is the run's options (``flwr run --run-config`` may override them)."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    config = "\n".join(f"{k} = {_toml_value(v)}" for k, v in sorted(run_config.items()))
+    (app_dir / "pyproject.toml").write_text(f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "{APP_NAME}"
+version = "1.0.0"
+description = "synthfed: federated diffusion training with differential privacy"
+license = "Apache-2.0"
+dependencies = []  # runs on the installed synthfed (--disable-runtime-dependency-installation)
+
+[tool.flwr.app]
+publisher = "synthfed"
+
+[tool.flwr.app.components]
+serverapp = "synthfed.flower.server_app:app"
+clientapp = "synthfed.flower.client_app:app"
+
+[tool.flwr.app.config]
+{config}
+""")
+    return app_dir
+
+
+def write_connection(home: Path, address: str) -> None:
+    """``flwr`` finds SuperLinks in $FLWR_HOME/config.toml (written by us, so
+    ``flwr run`` never falls back to a local simulation)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n')
+
+
+def node_config_arg(values: dict) -> str:
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(_children(p))
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_tree(pid: int, *, grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Every descendant is listed *before* anything is signalled (Flower's
+    superexec runs in its own session, so a process-group kill misses it)."""
+    pids = process_tree(pid) if _alive(pid) else [pid]
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    for p in pids:
+        if _alive(p):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class Deployment:
+    """Flower processes started here; ``stop()`` (or ``with``) ends them all."""
+
+    root: Path
+    port: int = 0
+    superlink: subprocess.Popen | None = None
+    nodes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    others: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def home(self) -> Path:
+        return self.root / "flwr-home"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / log_name, "ab")
+        try:
+            return subprocess.Popen(args, cwd=self.root, env=flower_env(self.home), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+
+    def start_superlink(self, *, port: int = 0, wait: float = 60.0) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.superlink = self._spawn([
+            flower_command("flower-superlink"), "--insecure", "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port),
+        ], "superlink.log")
+        address = f"127.0.0.1:{self.port}"
+        write_connection(self.home, address)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{address}/health", timeout=2).close()
+                return address
+            except OSError:
+                if self.superlink.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the SuperLink did not start; see {self.logs / 'superlink.log'}") from None
+                time.sleep(0.2)
+
+    def start_node(self, partition_id: int, *, state_dir: Path, data: str | None = None, threads: int | None = None,
+                   max_epsilon: float | None = None, superlink: str | None = None) -> subprocess.Popen:
+        values: dict = {"partition-id": partition_id, "state-dir": str(Path(state_dir).resolve())}
+        if data:
+            values["data"] = data
+        if threads:
+            values["threads"] = threads
+        if max_epsilon is not None:
+            values["max-epsilon"] = max_epsilon
+        node = self._spawn([
+            flower_command("flower-supernode"), "--insecure", "--superlink", superlink or f"127.0.0.1:{self.port}",
+            "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config_arg(values),
+        ], f"node-{partition_id}.log")
+        self.nodes[partition_id] = node
+        return node
+
+    def kill_node(self, partition_id: int) -> None:
+        """SIGKILL a node and its ClientApp: a crash, not a shutdown."""
+        kill_tree(self.nodes[partition_id].pid, grace=0.0, sig=signal.SIGKILL)
+
+    def run(self, app_dir: Path, *, on_line: Callable[[str], None] = lambda line: None,
+            timeout: float | None = None) -> dict:
+        """``flwr run`` the app and wait; returns ``flwr ls``'s record of the run."""
+        started = subprocess.run([flower_command("flwr"), "run", str(app_dir), CONNECTION, "--format", "json"],
+                                 cwd=self.root, env=flower_env(self.home), capture_output=True, text=True,
+                                 timeout=300)
+        try:
+            run_id = int(json.loads(started.stdout)["run-id"])
+        except (ValueError, KeyError):
+            raise RuntimeError(f"flwr run failed: {started.stdout.strip()} {started.stderr.strip()}") from None
+        stream = subprocess.Popen([flower_command("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+                                  cwd=self.root, env=flower_env(self.home), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        self.others.append(stream)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            assert stream.stdout is not None
+            with open(self.logs / f"run-{run_id}.log", "a") as log:
+                for line in stream.stdout:
+                    log.write(line)
+                    log.flush()
+                    on_line(line.rstrip("\n"))
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"the run took longer than {timeout} s")
+            status = self.status(run_id)
+            while not str(status.get("status", "")).startswith("finished"):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"the run took longer than {timeout} s")
+                time.sleep(1.0)
+                status = self.status(run_id)
+            return status
+        finally:
+            kill_tree(stream.pid, grace=1.0)
+
+    def status(self, run_id: int) -> dict:
+        out = subprocess.run([flower_command("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+                             cwd=self.root, env=flower_env(self.home), capture_output=True, text=True, timeout=60)
+        try:
+            runs = json.loads(out.stdout)["runs"]
+        except (ValueError, KeyError):
+            raise RuntimeError(f"flwr ls failed: {out.stdout.strip()} {out.stderr.strip()}") from None
+        return runs[0] if runs else {}
+
+    def started_pids(self) -> list[int]:
+        procs = [p for p in [self.superlink, *self.nodes.values(), *self.others] if p is not None]
+        return [p.pid for p in procs]
+
+    def stop(self) -> None:
+        """Nodes and stream clients first (the SuperLink waits for open connections), then the SuperLink."""
+        for proc in [*self.others, *self.nodes.values()]:
+            kill_tree(proc.pid)
+            proc.wait(timeout=10)
+        if self.superlink is not None:
+            kill_tree(self.superlink.pid)
+            self.superlink.wait(timeout=10)
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
