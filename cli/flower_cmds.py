@@ -185,5 +185,23 @@ def ledger(
     out.print(ledger_table(PrivacyLedger.from_dict(raw["ledger"]).table(), f"node {raw['client_id']}: privacy spent"))
 
 
+@flower_app.command("collect-ledgers")
+def collect(
+    run_dir: Path = typer.Argument(..., help="The server's run directory."),
+    node_states: list[Path] = typer.Argument(..., help="Each node's state folder (as given to its node)."),
+) -> None:
+    """Publish the nodes' privacy ledgers into the run (checked against what the server aggregated)."""
+    from synthfed.cli.privacy_cmds import ledger_table
+    from synthfed.flower.ledgers import collect_ledgers
+    from synthfed.privacy.ledger import PrivacyLedger
+
+    try:
+        target = collect_ledgers(run_dir, list(node_states))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    out.print(ledger_table(PrivacyLedger.from_dict(json.loads(target.read_text())).table(), "privacy spent"))
+    out.print(f"wrote {target}")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(flower_app, name="flower")

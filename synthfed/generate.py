@@ -68,8 +68,12 @@ def _privacy_status(round_dir: Path | None, client: int | None, config: dict | N
     components = _components(config or {}, client)
     all_dp = all(c["dp"] for c in components)
     if ledger_path is None or not ledger_path.is_file():
-        return {"differentially_private": False, "components": components,
-                "statement": "NOT differentially private: trained without DP-SGD"}
+        statement = "NOT differentially private: trained without DP-SGD"
+        if (config or {}).get("epsilon") is not None or (config or {}).get("strategy") == "pfdm":
+            # A Flower run: the ledgers stay on the nodes until they are published.
+            statement = ("NOT differentially private as far as this run directory shows: its privacy ledgers are "
+                         "held by the Flower nodes (publish them with `synthfed flower collect-ledgers`)")
+        return {"differentially_private": False, "components": components, "statement": statement}
     from synthfed.privacy.ledger import PrivacyLedger
 
     rows = PrivacyLedger.from_dict(json.loads(ledger_path.read_text())).table()
@@ -121,7 +125,8 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
     which = "ema" if use_ema else "model"
     global_dir = round_dir / "global" / which
     clients_dir = round_dir / "clients"
-    personalized = clients_dir.is_dir()
+    # By strategy, not by folder: a Flower run's local parts stay on its nodes.
+    personalized = clients_dir.is_dir() or info["config"].get("strategy") in PERSONALIZED_STRATEGIES
     if personalized and client is None:
         raise ValueError(
             f"run {path} keeps part of each client's model local ({info['config']['strategy']}); "
@@ -137,7 +142,7 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
     if client is not None:
         local_path = clients_dir / client_file(client)
         if not local_path.is_file():
-            raise ValueError(f"run {path} has no client {client}")
+            raise ValueError(_no_client(path, info, client))
         prefix = "ema." if use_ema else "model."
         tensors = load_file(str(local_path))
         model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False)
@@ -151,6 +156,12 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
     )
 
 
+def _no_client(path: Path, info: dict, client: int) -> str:
+    if info.get("engine") == "flower":
+        return f"run {path} ran on Flower: client {client}'s own model stays on its node ({info['flower']['run-name']})"
+    return f"run {path} has no client {client}"
+
+
 def _load_pfdm_generator(path: Path, info: dict, *, client: int | None, use_ema: bool) -> LoadedGenerator:
     round_dir = latest_round_dir(path)
     if round_dir is None:
@@ -162,7 +173,7 @@ def _load_pfdm_generator(path: Path, info: dict, *, client: int | None, use_ema:
     shared, _ = load_model(round_dir / "global" / which)
     local_path = round_dir / "clients" / client_file(client)
     if not local_path.is_file():
-        raise ValueError(f"run {path} has no client {client}")
+        raise ValueError(_no_client(path, info, client))
     prefix = f"{which}."
     local = build_unet(spec)
     local.load_state_dict({k[len(prefix):]: v for k, v in load_file(str(local_path)).items() if k.startswith(prefix)})

@@ -55,10 +55,9 @@ def _shared_keys(config, weights):
     return [k for k in weights if strategy.is_shared(k)]
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedper"])
-def test_flower_run_equals_the_simulation_with_dp_sgd_and_the_same_ledgers(tmp_path, strategy):
-    # Prepare
-    config = TrainConfig(**TINY, strategy=strategy, epsilon=8.0).validate()
+def test_flower_run_equals_the_simulation_with_dp_sgd_local_heads_and_the_same_ledgers(tmp_path):
+    # Prepare (FedAvg with DP-SGD is also checked across real processes in test_flower_deployment.py)
+    config = TrainConfig(**TINY, strategy="fedper", epsilon=8.0).validate()
     sim = train(config, tmp_path / "sim")
     # Execute
     _, result = _flower(tmp_path, config)
@@ -128,7 +127,7 @@ def test_a_node_failing_mid_run_does_not_stop_the_round_and_its_ledger_counts_wh
 
 
 def test_too_few_replies_stop_the_run_and_resume_neither_spends_twice_nor_forgets(tmp_path):
-    config = TrainConfig(**{**TINY, "rounds": 3}, strategy="fedavg", epsilon=8.0).validate()
+    config = TrainConfig(**TINY, strategy="fedavg", epsilon=8.0).validate()
     sim = train(config, tmp_path / "sim")
     grid = _grid(tmp_path)
     grid.fail_rounds[101] = {2}  # node 1 trains (and counts) round 2 before the round fails
@@ -142,6 +141,30 @@ def test_too_few_replies_stop_the_run_and_resume_neither_spends_twice_nor_forget
     assert all(torch.equal(a[k], b[k]) for k in a)
     for cid in range(2):
         assert _node_ledger(tmp_path, cid) == _sim_ledger(sim, cid)
+
+
+def test_ledgers_published_by_the_nodes_make_the_run_dp_and_a_forgetful_ledger_is_refused(tmp_path):
+    from synthfed.flower.ledgers import collect_ledgers
+    from synthfed.generate import load_generator
+
+    config = TrainConfig(**{**TINY, "rounds": 1}, strategy="fedavg", epsilon=8.0).validate()
+    _flower(tmp_path, config)
+    server = tmp_path / "server"
+    before = load_generator(server).privacy
+    assert not before["differentially_private"] and "held by the Flower nodes" in before["statement"]
+    node_file = tmp_path / "node1" / "demo" / "node.json"
+    honest = node_file.read_text()
+    forgetful = json.loads(honest)
+    forgetful["ledger"]["clients"]["1"]["entries"] = []
+    node_file.write_text(json.dumps(forgetful))
+    with pytest.raises(ValueError, match="misses rounds"):
+        collect_ledgers(server, [tmp_path / "node0", tmp_path / "node1"])
+    node_file.write_text(honest)
+    with pytest.raises(ValueError, match="no ledger for clients"):
+        collect_ledgers(server, [tmp_path / "node0"])
+    collect_ledgers(server, [tmp_path / "node0", tmp_path / "node1"])
+    after = load_generator(server).privacy
+    assert after["differentially_private"] and [r["client"] for r in after["clients"]] == ["0", "1"]
 
 
 def test_a_node_refuses_a_run_above_its_max_epsilon(tmp_path):

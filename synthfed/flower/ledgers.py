@@ -1,0 +1,61 @@
+"""Publishing the nodes' ledgers into the server's run directory.
+
+During a Flower run each node keeps its privacy ledger at home, so the
+server's run directory alone supports no privacy claim: ``synthfed generate``
+labels its output "NOT differentially private" until the ledgers are there.
+When the institutions choose to publish them (they hold accountant figures,
+not data), ``collect_ledgers`` checks each against what the server saw and
+writes them into the last round as ``ledger.json``:
+
+- the node's run configuration is the server's;
+- every round in which the server aggregated the client's update is in its
+  ledger (a ledger that forgets a release is refused);
+- one ledger per client of the run, none missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from synthfed.checkpoint import latest_round_dir, read_run_file
+from synthfed.io import write_json_atomic
+from synthfed.privacy.ledger import PrivacyLedger
+
+
+def collect_ledgers(run_dir: str | Path, node_state_dirs: list[str | Path]) -> Path:
+    run_dir = Path(run_dir)
+    info = read_run_file(run_dir)
+    if info.get("engine") != "flower":
+        raise ValueError(f"{run_dir} is not a Flower run (its ledger is already in each round)")
+    round_dir = latest_round_dir(run_dir)
+    if round_dir is None:
+        raise FileNotFoundError(f"{run_dir} has no completed round yet")
+    run_name = info["flower"]["run-name"]
+    history = json.loads((round_dir / "state.json").read_text())["history"]
+    merged: dict = {}
+    for state_dir in node_state_dirs:
+        path = Path(state_dir) / run_name / "node.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no state of run {run_name!r} in {state_dir}")
+        node = json.loads(path.read_text())
+        if node["config"] != info["config"]:
+            raise ValueError(f"{path} belongs to a run with another configuration")
+        if node.get("ledger") is None:
+            raise ValueError(f"{path} has no privacy ledger: the run was not private")
+        cid = str(node["client_id"])
+        ledger = PrivacyLedger.from_dict(node["ledger"]).clients[cid]
+        released = {h["round"] for h in history if int(cid) in h.get("replied", [])}
+        recorded = set(ledger.rounds_participated())
+        if not released <= recorded:
+            raise ValueError(f"client {cid}'s ledger misses rounds {sorted(released - recorded)} whose updates the "
+                             "server aggregated; refusing it")
+        if cid in merged:
+            raise ValueError(f"two ledgers for client {cid}")
+        merged[cid] = ledger
+    missing = {str(c["id"]) for c in info["clients"]} - set(merged)
+    if missing:
+        raise ValueError(f"no ledger for clients {sorted(missing, key=int)}: every client's guarantee is needed")
+    ledger = PrivacyLedger(clients=dict(sorted(merged.items(), key=lambda kv: int(kv[0]))))
+    target = round_dir / "ledger.json"
+    write_json_atomic(target, ledger.to_dict())
+    return target
