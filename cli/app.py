@@ -217,7 +217,14 @@ def partition(
         out.print(f"saved {save}")
 
 
+_registered = False
+
+
 def register_subcommands() -> None:
+    global _registered
+    if _registered:  # tests import the app more than once
+        return
+    _registered = True
     from synthfed.cli.privacy_cmds import privacy_app
 
     app.add_typer(privacy_app, name="privacy")

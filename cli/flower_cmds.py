@@ -44,6 +44,18 @@ def _train_options(args: list[str]) -> TrainConfig:
         fail(str(getattr(exc, "format_message", lambda: exc)()))
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (e.g. a service manager) both stop what we started:
+    turned into KeyboardInterrupt, even where the shell started us with SIGINT ignored."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _options(out_dir: Path, run_name: Optional[str], secagg: bool, min_clients: int, round_timeout: float,
              resume: bool, config: TrainConfig):
     from synthfed.flower.run_config import FlowerOptions
@@ -80,6 +92,7 @@ def run(
     except ConfigError as exc:
         fail(str(exc))
     root = (work_dir or out_dir / "flower").resolve()
+    _stop_on_signals()
     with Deployment(root) as deployment:
         address = deployment.start_superlink()
         err.print(f"SuperLink on {address}; logs in {deployment.logs}")
@@ -119,15 +132,17 @@ def app_command(
 @flower_app.command("serve")
 def serve(
     port: int = typer.Option(9093, help="The SuperLink's port (one HTTP port for nodes, ServerApps and flwr)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind: 127.0.0.1 (this machine) or 0.0.0.0 (other machines' nodes)."),
     work_dir: Path = typer.Option(Path("flower-superlink"), help="Flower's files (FLWR_HOME) and logs."),
 ) -> None:
-    """Run a SuperLink on 127.0.0.1 in the foreground (Ctrl-C stops it and its children)."""
+    """Run a SuperLink in the foreground (Ctrl-C stops it and its children)."""
     _need_flower()
     from synthfed.flower.deploy import Deployment
 
     deployment = Deployment(work_dir.resolve())
+    _stop_on_signals()
     try:
-        address = deployment.start_superlink(port=port)
+        address = deployment.start_superlink(port=port, host=host)
         out.print(f"SuperLink on {address}. Runs: FLWR_HOME={deployment.home} flwr run APP_DIR synthfed")
         deployment.superlink.wait()
     except KeyboardInterrupt:
@@ -155,6 +170,7 @@ def node(
     if not host or not port.isdigit():
         fail(f"--superlink must be HOST:PORT, not {superlink!r}")
     deployment.port = int(port)
+    _stop_on_signals()
     try:
         proc = deployment.start_node(partition_id, state_dir=state_dir, data=data, threads=threads,
                                      max_epsilon=max_epsilon, superlink=superlink)

@@ -206,3 +206,25 @@ def test_run_config_mirrors_the_train_options():
         from_run_config({"run-dir": "r", "strategy": "local", "secagg": True})
     with pytest.raises(ConfigError, match="pools the data"):
         from_run_config({"run-dir": "r", "strategy": "centralized"})
+
+
+def test_flower_app_command_writes_an_app_whose_config_is_the_run(tmp_path):
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    from synthfed.cli.app import app, register_subcommands
+
+    register_subcommands()
+    runner = CliRunner()
+    result = runner.invoke(app, ["flower", "app", "--app-dir", str(tmp_path / "app"), "--out", str(tmp_path / "run"),
+                                 "--clients", "3", "--epsilon", "8", "--strategy", "fedper", "--secagg"])
+    assert result.exit_code == 0, result.output
+    pyproject = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["components"]["serverapp"] == "synthfed.flower.server_app:app"
+    config, options = from_run_config(pyproject["tool"]["flwr"]["app"]["config"])
+    assert (config.num_clients, config.epsilon, config.strategy) == (3, 8.0, "fedper")
+    assert options.secagg and options.run_dir == str((tmp_path / "run").resolve())
+    bad = runner.invoke(app, ["flower", "app", "--app-dir", str(tmp_path / "a2"), "--out", "r", "--strategy", "local",
+                              "--secagg"])
+    assert bad.exit_code == 2 and "averages nothing" in bad.output

@@ -185,12 +185,13 @@ class Deployment:
         finally:
             log.close()
 
-    def start_superlink(self, *, port: int = 0, wait: float = 60.0) -> str:
+    def start_superlink(self, *, port: int = 0, host: str = "127.0.0.1", wait: float = 60.0) -> str:
+        """``host`` 127.0.0.1 keeps it on this machine; 0.0.0.0 lets other machines' nodes in."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.superlink = self._spawn([
             flower_command("flower-superlink"), "--insecure", "--isolation", "subprocess",
-            "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port),
+            "--disable-runtime-dependency-installation", "--host", host, "--port", str(self.port),
         ], "superlink.log")
         address = f"127.0.0.1:{self.port}"
         write_connection(self.home, address)

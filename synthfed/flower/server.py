@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -161,8 +162,6 @@ class FlowerServer:
 
     # -- the run ---------------------------------------------------------------
     def run(self) -> dict:
-        from pathlib import Path
-
         config, options = self.config, self.options
         self.connect()
         any_cid = min(self.described)
