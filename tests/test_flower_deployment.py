@@ -82,11 +82,12 @@ def test_superlink_and_two_supernodes_reproduce_the_simulation(tmp_path):
 @pytest.mark.timeout(480)
 def test_killing_a_supernode_mid_run_leaves_the_others_finishing_and_its_ledger_consistent(tmp_path):
     # Prepare
-    config = TrainConfig(**TINY, rounds=3).validate()
+    config = TrainConfig(**TINY, rounds=2).validate()
     deployment, app_dir = _start(tmp_path, config)
     result: dict = {}
     trees: list[int] = []
-    # Execute: kill node 1 (SIGKILL, ClientApp included) as soon as round 1 is on disk
+    # Execute: kill node 1 (SIGKILL, ClientApp included) as soon as round 1 is on disk,
+    # while round 2 is being sent or trained
     try:
         runner = threading.Thread(target=lambda: result.update(deployment.run(app_dir, timeout=420)))
         runner.start()
@@ -104,10 +105,9 @@ def test_killing_a_supernode_mid_run_leaves_the_others_finishing_and_its_ledger_
         deployment.stop()
     # Assert: the run finished with node 0 alone after round 1
     assert result["status"] == "finished:completed", result
-    history = json.loads((tmp_path / "server" / "rounds" / "round-0003" / "state.json").read_text())["history"]
+    history = json.loads((tmp_path / "server" / "rounds" / "round-0002" / "state.json").read_text())["history"]
     assert history[0]["replied"] == [0, 1]
-    assert [h["replied"] for h in history[1:]] == [[0], [0]]
-    assert all("1" in h["failed"] for h in history[1:])
+    assert history[1]["replied"] == [0] and "1" in history[1]["failed"]
     # The killed node's ledger counts every round whose update reached the server,
     # and only rounds it finished training (committed with its weights).
     killed = _node(tmp_path, 1)
@@ -115,5 +115,5 @@ def test_killing_a_supernode_mid_run_leaves_the_others_finishing_and_its_ledger_
     released = [h["round"] for h in history if 1 in h["replied"]]
     assert set(released) <= set(ledger_rounds) <= {int(r) for r in killed["rounds"]}
     assert ledger_rounds in ([1], [1, 2])
-    assert sorted({e["round"] for e in _node(tmp_path, 0)["ledger"]["clients"]["0"]["entries"]}) == [1, 2, 3]
+    assert sorted({e["round"] for e in _node(tmp_path, 0)["ledger"]["clients"]["0"]["entries"]}) == [1, 2]
     assert _all_stopped(deployment, trees) == []
