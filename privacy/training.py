@@ -30,6 +30,9 @@ from synthfed.privacy.dp_sgd import DPSGDStepper
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
 
 
+DP_SGD_NOTE = "DP-SGD local training"
+
+
 @dataclass(frozen=True)
 class ClientNoise:
     num_records: int
@@ -106,7 +109,7 @@ class PrivateTraining:
 
     def record(self, cid: int, *, server_round: int, mechanisms: list) -> None:
         for m in mechanisms:
-            self.ledger.clients[str(cid)].record(m, round=server_round, note="DP-SGD local training")
+            self.ledger.clients[str(cid)].record(m, round=server_round, note=DP_SGD_NOTE)
 
     def ledger_dict(self) -> dict:
         return self.ledger.to_dict()

@@ -78,9 +78,10 @@ def test_flower_run_equals_the_simulation_with_dp_sgd_local_heads_and_the_same_l
     assert not (tmp_path / "server" / "rounds" / "round-0002" / "ledger.json").exists()  # ledgers stay on the nodes
 
 
-def test_pfdm_on_flower_equals_the_simulation(tmp_path):
+def test_pfdm_with_local_dp_sgd_on_flower_equals_the_simulation(tmp_path):
+    # Round 1 holds two releases per client (the upload and DP-SGD steps): both must be counted.
     config = TrainConfig(**{**TINY, "num_train_timesteps": 1000}, strategy="pfdm", epsilon=8.0,
-                         public_labels=True).validate()
+                         public_labels=True, local_epsilon=8.0).validate()
     sim = train(config, tmp_path / "sim")
     _, result = _flower(tmp_path, config)
     a, b = _weights(sim.last_round_dir), _weights(result["last_round_dir"])

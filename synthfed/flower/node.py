@@ -246,8 +246,14 @@ class NodeTrainer:
             raise NodeError(f"the server sent other shared entries than this run's strategy shares "
                             f"({len(missing)} missing)")
         local, local_ema, ema_step = self._start(server_round)
+        # This round's DP-SGD release is already in the ledger (a re-run): not
+        # counted twice. Only DP-SGD entries count here: PFDM's upload is also
+        # recorded at round 1 and must not hide round 1's training.
+        from synthfed.privacy.training import DP_SGD_NOTE
+
         ledger = self.ledger
-        released_before = ledger is not None and server_round in ledger.rounds_participated()
+        released_before = ledger is not None and any(
+            e.round == server_round and e.note == DP_SGD_NOTE for e in ledger.entries)
         images, labels = self.data.to_tensor()
         kwargs = {} if progress is None else {"progress": progress}
         update = client_round(
