@@ -183,6 +183,11 @@ def test_a_pfdm_node_refuses_a_t0_that_breaks_its_budget(tmp_path):
     data = node_dataset(config, partition_id=0)
     with pytest.raises(NodeError, match="refusing to upload"):
         NodeTrainer(config, data, client_id=0, store=NodeStore(tmp_path, "x"), t0=50)
+    # An explicit --t0 names no epsilon: the node's cap still bounds what the upload spends.
+    by_t0 = config.replace(epsilon=None, t0=50)
+    with pytest.raises(NodeError, match="above this node's max-epsilon"):
+        NodeTrainer(by_t0, data, client_id=0, store=NodeStore(tmp_path, "y"), t0=50, max_epsilon=8.0)
+    NodeTrainer(by_t0.replace(t0=900), data, client_id=0, store=NodeStore(tmp_path, "z"), t0=900, max_epsilon=8.0)
 
 
 def test_node_state_belongs_to_one_run(tmp_path):

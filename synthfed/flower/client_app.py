@@ -77,6 +77,8 @@ def _config(config_json: str, options: dict) -> TrainConfig:
     cap = options["max_epsilon"]
     if cap is not None:
         asked = [e for e in (config.epsilon, config.local_epsilon) if e is not None]
+        # PFDM's uploads are a DP release even without --epsilon (an explicit --t0):
+        # the node checks their planned epsilon against its cap in NodeTrainer.
         if not asked and config.strategy != "pfdm":
             raise NodeError(f"this node accepts only differentially private runs (max-epsilon={cap})")
         if any(e > cap for e in asked):
@@ -112,7 +114,8 @@ def train(msg: Message, context: Context) -> Message:
     if stage not in ("fit", "upload") or (stage == "upload" and config.strategy != "pfdm"):
         raise NodeError(f"train stage {stage!r} does not belong to a {config.strategy} run")
     t0 = int(cfg["t0"]) if "t0" in cfg else None
-    trainer = NodeTrainer(config, data, client_id=options["partition_id"], store=store, t0=t0)
+    trainer = NodeTrainer(config, data, client_id=options["partition_id"], store=store, t0=t0,
+                          max_epsilon=options["max_epsilon"])
     if stage == "upload":  # PFDM's one-time release
         x, y = trainer.upload()
         params = ndarrays_to_parameters([x.numpy(), y.numpy()])

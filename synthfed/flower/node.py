@@ -138,7 +138,7 @@ class NodeTrainer:
     upload, then the node's own low-noise denoiser, which never leaves it)."""
 
     def __init__(self, config: TrainConfig, data: ImageDataset, *, client_id: int, store: NodeStore,
-                 t0: int | None = None) -> None:
+                 t0: int | None = None, max_epsilon: float | None = None) -> None:
         self.config = config
         self.data = data
         self.cid = client_id
@@ -148,7 +148,7 @@ class NodeTrainer:
         self.state = self._open()
         self.privacy = None
         if config.strategy == "pfdm":
-            self._setup_pfdm(t0)
+            self._setup_pfdm(t0, max_epsilon)
             return
         strategy = build_strategy(config, config.num_clients, list(self.init))
         self.plan = local_training(config, self.spec, strategy)
@@ -162,7 +162,7 @@ class NodeTrainer:
                 self.privacy.restore(self.state.ledger.to_dict())
             self.state.ledger = self.privacy.ledger
 
-    def _setup_pfdm(self, t0: int | None) -> None:
+    def _setup_pfdm(self, t0: int | None, max_epsilon: float | None) -> None:
         from synthfed.federated.pfdm import pfdm_ledger, pfdm_plans, resolve_clip_norm
         from synthfed.privacy.calibration import default_delta
         from synthfed.privacy.forward_noise import upload_epsilon
@@ -196,6 +196,13 @@ class NodeTrainer:
             else:
                 ledger = self.state.ledger
         self.state.ledger = ledger
+        # The node's cap covers the whole planned composition (upload at the
+        # server's t0, labels, local DP-SGD), however the run was specified
+        # (an explicit --t0 names no epsilon at all).
+        budget = ledger.clients[str(self.cid)].epsilon_budget
+        if max_epsilon is not None and not budget <= max_epsilon:
+            raise NodeError(f"this run would let client {self.cid} spend epsilon {budget:.3f}, above this node's "
+                            f"max-epsilon {max_epsilon}; refusing to upload")
 
     def upload(self) -> tuple[torch.Tensor, torch.Tensor]:
         """PFDM's one release: the forward-noised images at t0 (and labels), the

@@ -19,25 +19,15 @@ from flwr.common import parameters_to_ndarrays
 from synthfed.checkpoint import RoundCheckpoint, latest_round_dir, load_round, save_round
 from synthfed.federated.pfdm import SERVER, pfdm_chosen, pfdm_plans, plan_t0, train_shared
 from synthfed.federated.simulation import initial_state, resolve_device
-from synthfed.flower.records import content_to_fitres, fitins_to_content, no_parameters, train_ins
+from synthfed.flower.records import no_parameters, train_ins
 from synthfed.progress import Message as Note
 from synthfed.progress import TaskAdvanced, TaskFinished, TaskStarted
 
 
 def _ask(server, targets: dict[int, int], *, server_round: int, stage: str, t0: int):
-    content = {cid: fitins_to_content(train_ins(no_parameters(), server_round=server_round,
-                                                run_name=server.options.run_name, config_json=server.config_json,
-                                                stage=stage, t0=t0)) for cid in targets}
-    replies = server._send_train(targets, content)
-    ok, failures = {}, {}
-    for cid in targets:
-        reply = replies.get(cid)
-        if reply is None:
-            failures[cid] = "no reply (timeout)"
-        elif reply.has_error():
-            failures[cid] = str(reply.error.reason)
-        else:
-            ok[cid] = content_to_fitres(reply.content)
+    ok, failures = server.train(targets, train_ins(no_parameters(), server_round=server_round,
+                                                   run_name=server.options.run_name,
+                                                   config_json=server.config_json, stage=stage, t0=t0))
     for cid, why in sorted(failures.items()):
         server.progress(Note(f"{stage} round {server_round}: client {cid} failed: {why}", "warning"))
     return ok, failures
@@ -86,11 +76,9 @@ def run_pfdm_flower(server, spec) -> dict:
                               images=pooled_x, labels=pooled_y, plan=server_plan, high=high, device=device)
         shared, shared_ema, ema_step = update.state, update.ema, update.ema_step
         chosen = pfdm_chosen(config, config.num_clients, server_round)
-        server.refresh()
-        live = server._live()
-        targets = {c: server.nodes[c] for c in chosen if c in server.nodes and server.nodes[c] in live}
-        done, failed = _ask(server, targets, server_round=server_round, stage="fit", t0=t0)
-        failed.update({c: "no node connected" for c in chosen if c not in targets})
+        targets, failed = server.targets(chosen)
+        done, more = _ask(server, targets, server_round=server_round, stage="fit", t0=t0)
+        failed.update(more)
         metrics = {c: dict(r.metrics) for c, r in done.items() if r.num_examples > 0}
         failed.update({c: "skipped: privacy budget spent" for c, r in done.items() if r.num_examples == 0})
         if len(metrics) < min(options.min_clients, len(chosen)):

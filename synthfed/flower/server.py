@@ -16,6 +16,7 @@ Otherwise the run stops with its last complete round on disk (resume later)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -127,28 +128,37 @@ class FlowerServer:
         self._query(new)
 
     # -- one round -------------------------------------------------------------
-    def _send_train(self, targets: dict[int, int], contents: dict[int, object]) -> dict[int, object]:
-        msgs = [Message(contents[cid], dst_node_id=nid, message_type=MessageType.TRAIN)
-                for cid, nid in targets.items()]
+    def targets(self, chosen: list[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """(client id -> node id for the chosen clients with a live node, failures
+        for the others); nodes that joined since are queried first."""
+        self.refresh()
+        live = self._live()
+        targets = {cid: self.nodes[cid] for cid in chosen if cid in self.nodes and self.nodes[cid] in live}
+        return targets, {cid: "no node connected" for cid in chosen if cid not in targets}
+
+    def train(self, targets: dict[int, int], fitins) -> tuple[dict[int, object], dict[int, str]]:
+        """Send the same train instruction to every target: (FitRes by client, failures)."""
+        content = fitins_to_content(fitins)
+        msgs = [Message(copy.deepcopy(content), dst_node_id=nid, message_type=MessageType.TRAIN)
+                for nid in targets.values()]
         by_node = {nid: cid for cid, nid in targets.items()}
         replies = _replies_by_destination(self.grid, msgs, self.options.round_timeout or None)
-        return {by_node[nid]: r for nid, r in replies.items()}
-
-    def fit_plain(self, server_round: int, targets: dict[int, int], parameters, keys, dtypes) -> RoundOutcome:
-        content = {cid: fitins_to_content(train_ins(parameters, server_round=server_round,
-                                                    run_name=self.options.run_name, config_json=self.config_json))
-                   for cid in targets}
-        replies = self._send_train(targets, content)
-        results, failures = [], {}
-        for cid in targets:
-            reply = replies.get(cid)
+        ok, failures = {}, {}
+        for nid, cid in by_node.items():
+            reply = replies.get(nid)
             if reply is None:
                 failures[cid] = "no reply (timeout)"
-                continue
-            if reply.has_error():
+            elif reply.has_error():
                 failures[cid] = str(reply.error.reason)
-                continue
-            fitres = content_to_fitres(reply.content)
+            else:
+                ok[cid] = content_to_fitres(reply.content)
+        return ok, failures
+
+    def fit_plain(self, server_round: int, targets: dict[int, int], parameters, keys, dtypes) -> RoundOutcome:
+        ok, failures = self.train(targets, train_ins(parameters, server_round=server_round,
+                                                     run_name=self.options.run_name, config_json=self.config_json))
+        results = []
+        for cid, fitres in sorted(ok.items()):
             if fitres.num_examples == 0:
                 failures[cid] = "skipped: privacy budget spent"
                 continue
@@ -189,10 +199,7 @@ class FlowerServer:
         for server_round in range(start, config.rounds + 1):
             rng = np.random.default_rng([config.seed, server_round])
             chosen = strategy.configure_fit(server_round=server_round, client_ids=range(config.num_clients), rng=rng)
-            self.refresh()
-            live = self._live()
-            targets = {cid: self.nodes[cid] for cid in chosen if cid in self.nodes and self.nodes[cid] in live}
-            failures = {cid: "no node connected" for cid in chosen if cid not in targets}
+            targets, failures = self.targets(chosen)
             parameters = state_to_parameters(keys, global_state, global_ema)
             if options.secagg:
                 from synthfed.flower.secagg import fit_secagg
