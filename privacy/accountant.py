@@ -28,9 +28,19 @@ import numpy as np
 from prv_accountant import GaussianMechanism, PoissonSubsampledGaussianMechanism, PRVAccountant, PureDPMechanism
 
 __all__ = [
+    "ADJACENCY", "UNIT_OF_PRIVACY",
     "SubsampledGaussian", "Gaussian", "RandomizedResponse", "Mechanism", "EpsilonReport",
     "mechanism_to_dict", "mechanism_from_dict", "merge_mechanisms", "compute_epsilon", "rdp_epsilon",
 ]
+
+# The one unit of privacy of the product (DESIGN.md section 3): every mechanism
+# a client runs (DP-SGD, forward-noise uploads, randomized response, DP label
+# counts) is accounted under the same neighbouring relation. Client sizes n_k
+# are published (cards, ledgers, FedAvg weights), so replace-one is the honest
+# choice: an add/remove figure would under-report epsilon.
+ADJACENCY = "replace-one"
+UNIT_OF_PRIVACY = ("one image (record) of one client, replace-one adjacency: the datasets differ in one record, "
+                   "replaced by any other; each client's size is public")
 
 # Above this many grid points a single PRV evaluation takes tens of seconds and
 # gigabytes; we then widen eps_error (the bound stays valid, only looser).
