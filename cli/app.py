@@ -29,7 +29,7 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -131,7 +131,7 @@ def generate(
     model: Path = typer.Argument(..., help="A run directory (its latest round, EMA weights) or a model folder."),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the PNGs, manifest.csv and grid.png."),
     per_class: int = typer.Option(10, help="Images per class (with --counts match-real: the average)."),
-    counts: str = typer.Option("uniform", help="Class counts: uniform | match-real (the producing data's class mix) | a CSV of class,count."),
+    counts: str = typer.Option("uniform", help="Class counts: uniform | a CSV of class,count | match-real (the real class mix: only for a non-DP output with --allow-non-private)."),
     allow_non_private: bool = typer.Option(False, "--allow-non-private", help="Write a dataset not covered by DP (stamped 'NOT differentially private')."),
     sampler: str = typer.Option("ddim", help="ddim | ddpm (ancestral)."),
     steps: int = typer.Option(50, help="Sampling steps (DDPM with steps = T is the seed's sampler)."),
@@ -156,22 +156,25 @@ def generate(
         fail(f"--ddpm-variance must be one of {', '.join(DDPM_VARIANCES)}")
     if steps < 1 or batch_size < 1 or guidance < 0:
         fail("--steps and --batch-size must be at least 1 and --guidance non-negative")
-    from synthfed.card import resolve_class_counts
+    from synthfed.card import NOT_DP, counts_origin, privacy_label, resolve_class_counts
 
     try:
         gen = load_generator(model, client=client, use_ema=not no_ema)
         if steps > gen.schedule.num_train_timesteps:
             fail(f"--steps must be at most the model's T = {gen.schedule.num_train_timesteps}")
         run_info = None
-        if "run_dir" in gen.source:
+        if gen.run_dir is not None:
             from synthfed.checkpoint import read_run_file
 
-            run_info = read_run_file(Path(gen.source["run_dir"]))
+            run_info = read_run_file(gen.run_dir)
         class_counts = resolve_class_counts(counts, num_classes=gen.spec.num_classes, class_names=gen.spec.class_names,
-                                            per_class=per_class, run_info=run_info, client=client)
+                                            per_class=per_class, run_info=run_info, client=client,
+                                            differentially_private=bool(gen.privacy.get("differentially_private")),
+                                            allow_non_private=allow_non_private)
         with RichProgress(err) as progress:
             path = generate_dataset(
                 gen, out_dir, per_class=per_class, counts=class_counts, allow_non_private=allow_non_private,
+                counts_source=counts_origin(counts, client), real_counts=counts == "match-real",
                 sampler=sampler, num_steps=steps, guidance_scale=guidance,
                 ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=resolve_device(device),
                 progress=progress,
@@ -181,7 +184,10 @@ def generate(
     out.print(f"wrote {sum(class_counts)} images to {path / 'images'}")
     out.print(f"manifest: {path / 'manifest.csv'} (and .parquet); dataset card: {path / 'CARD.md'}")
     out.print(f"sample grid: {path / 'grid.png'}")
-    out.print(f"privacy: {gen.privacy['statement']}")
+    label = privacy_label(gen.privacy)
+    out.print(f"privacy: {gen.privacy['statement'] if label == NOT_DP else label}")
+    if counts == "match-real":
+        out.print("class counts: the real class histogram of the training data (the card says so)")
 
 
 @app.command()

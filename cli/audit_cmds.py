@@ -51,6 +51,7 @@ def audit(
     judge_epochs: int = typer.Option(10, help="Epochs of the real-data CNN that judges label fidelity."),
     max_real_train: Optional[int] = typer.Option(None, help="Train the real-data baselines and the judge on at most this many images (stratified; for speed on large data)."),
     no_mia: bool = typer.Option(False, "--no-mia", help="Skip the membership-inference attack."),
+    include_real_images: bool = typer.Option(False, "--include-real-images", help="Embed the nearest real training images and the real class histogram (the report is then marked 'contains personal data: do not share')."),
     seed: int = typer.Option(0, help="Seed of the validation splits, classifiers and attack noise."),
 ) -> None:
     """Audit a synthetic dataset: downstream utility on real test data, per-class fairness, memorization and membership inference."""
@@ -86,9 +87,15 @@ def audit(
         _fail(f"--reference {reference!r} is not one of the audited datasets: {', '.join(names)}")
     if reference is not None and not compare:
         _fail("--reference needs --compare")
+    from synthfed.fairness.release import check_report_dir
+
+    try:  # before any long work: a report inside the dataset or a run would ship with it
+        check_report_dir(out_dir, datasets=[dataset_dir, *compare], run=run)
+    except ValueError as exc:
+        _fail(str(exc))
 
     common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, judge_epochs=judge_epochs,
-                  max_real_train=max_real_train, mia=not no_mia)
+                  max_real_train=max_real_train, mia=not no_mia, include_real_images=include_real_images)
     try:
         with RichProgress(err) as progress:
             others = {}
@@ -115,6 +122,9 @@ def audit(
         out.print(table)
     out.print(f"report: {out_dir / 'report.html'}")
     out.print(f"data: {out_dir / 'report.json'} and CSV tables in {out_dir}")
+    if include_real_images:
+        err.print("[bold red]warning:[/bold red] the report contains personal data (real training images and class "
+                  "histogram): do not share it", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +21,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -34,14 +33,24 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+_STRENGTH_STYLE = {"strong": "green", "moderate": "yellow", "weak": "red", "none": "red"}
+
+
 def ledger_table(rows: list[dict], title: str) -> Table:
+    """Each client's ledger row; the guarantee's strength in words and colour
+    (an epsilon of 1,000 is formally DP and protects almost nobody)."""
+    from synthfed.card import guarantee_strength
+
     table = Table(title=title)
-    for col in ["client", "n", "sigma", "q", "steps", "eps lower", "eps estimate", "eps upper", "delta", "budget"]:
-        table.add_column(col, justify="left" if col == "client" else "right")
+    for col in ["client", "n", "sigma", "q", "steps", "eps lower", "eps estimate", "eps upper", "delta", "budget",
+                "guarantee"]:
+        table.add_column(col, justify="left" if col in ("client", "guarantee") else "right")
     for r in rows:
+        strength = guarantee_strength(r["eps_upper"])
         table.add_row(
             str(r["client"]), str(r["n"]), _fmt(r["sigma"]), _fmt(r["q"]), str(r["steps"]), _fmt(r["eps_lower"]),
             _fmt(r["eps_estimate"]), _fmt(r["eps_upper"]), _fmt(r["delta"], 3), _fmt(r["budget"]),
+            f"[{_STRENGTH_STYLE.get(strength, 'red')}]{strength}[/]",
         )
     return table
 
@@ -76,103 +85,109 @@ def report(
         # Clients can be answered by different accountants (prv-accountant, or
         # Opacus's PRV where prv-accountant's discretisation fails): list each.
         accountants = "; ".join(dict.fromkeys(r["accountant"] for r in rows))
-        out.print(f"accountant: {accountants}; unit: one record of one client (add/remove)")
+        out.print(f"accountant: {accountants}")
+        from synthfed.privacy.accountant import UNIT_OF_PRIVACY
+
+        out.print(f"unit of privacy: {UNIT_OF_PRIVACY}")
 
 
 @privacy_app.command("calibrate")
 def calibrate(
-    epsilon: float = typer.Option(..., help="Target epsilon per client."),
+    epsilon: float = typer.Option(..., help="Target epsilon per client (pfdm: of the upload and labels)."),
     delta: Optional[float] = typer.Option(None, help="Target delta (default 1/(10 n_k) per client)."),
-    n: Optional[int] = typer.Option(None, help="Records of one client (otherwise the partition of --data is used)."),
-    data: str = typer.Option("digits", help="Data source, when --n is not given."),
-    clients: int = typer.Option(4, help="Number of clients of the partition."),
+    n: Optional[int] = typer.Option(None, help="Plan for one client of this many records instead of splitting --data."),
+    data: str = typer.Option("digits", help="Data source, split exactly as `synthfed train` splits it."),
+    clients: int = typer.Option(4, help="Number of clients K."),
+    partition: str = typer.Option("dirichlet", help="dirichlet | iid | folders."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration of the partition."),
+    min_partition_size: int = typer.Option(10, help="Smallest number of images a client may get."),
+    max_client_size: Optional[int] = typer.Option(None, help="Keep at most this many images per client (as train)."),
     seed: int = typer.Option(0, help="Partition seed."),
     batch_size: int = typer.Option(32, help="Expected batch size B (q = B / n_k)."),
     rounds: int = typer.Option(5, help="Rounds R (calibrated as if the client takes part in all)."),
     local_epochs: int = typer.Option(1, help="Local epochs E per round."),
-    strategy: str = typer.Option("fedavg", help="fedavg (and every DP-SGD strategy) | pfdm (prints the t0 <-> epsilon curve)."),
+    head_epochs: int = typer.Option(1, help="fedrep: head-only epochs per round (they are DP-SGD steps too)."),
+    strategy: str = typer.Option("fedavg", help="fedavg | centralized | local | fedper | fedrep | pfdm (prints the t0 <-> epsilon curve)."),
     timesteps: int = typer.Option(1000, help="pfdm: diffusion steps T of the linear schedule."),
-    image_size: Optional[int] = typer.Option(None, help="pfdm: image size (default: the data's)."),
+    image_size: Optional[int] = typer.Option(None, help="Image size (default: the data's)."),
     clip_norm: Optional[float] = typer.Option(None, help="pfdm: clip norm C (default sqrt(#pixels))."),
     upload_copies: int = typer.Option(1, help="pfdm: noised copies per image."),
     label_epsilon: Optional[float] = typer.Option(None, help="pfdm: randomized-response epsilon of the labels."),
+    public_labels: bool = typer.Option(False, "--public-labels", help="pfdm: labels declared public."),
+    local_epsilon: Optional[float] = typer.Option(None, help="pfdm: DP-SGD epsilon of the local denoisers."),
 ) -> None:
-    """What noise does each client need for (epsilon, delta) with this plan? Trains nothing."""
-    if strategy == "pfdm":
-        _calibrate_pfdm(epsilon=epsilon, delta=delta, n=n, data=data, timesteps=timesteps, image_size=image_size,
-                        clip_norm=clip_norm, copies=upload_copies, label_epsilon=label_epsilon)
-        return
-    from synthfed.privacy.accountant import SubsampledGaussian, compute_epsilon
-    from synthfed.privacy.calibration import (
-        CalibrationError,
-        default_delta,
-        find_noise_multiplier,
-        validate_privacy_target,
-    )
+    """What noise (or PFDM t0) does each client get for (epsilon, delta)? Exactly the plan `synthfed train`
+    would run with the same options (the same planner); trains nothing."""
+    from synthfed.config import ConfigError, TrainConfig
+    from synthfed.data import DataError
+    from synthfed.privacy.calibration import CalibrationError
+    from synthfed.train import load_federated_data
 
-    if epsilon <= 0 or batch_size < 1 or rounds < 1 or local_epochs < 1:
-        _fail("--epsilon must be positive and --batch-size, --rounds, --local-epochs at least 1")
-    if n is not None:
-        sizes = {"client": n}
-    else:
-        from synthfed.config import ConfigError, TrainConfig
-        from synthfed.data import DataError
-        from synthfed.train import load_federated_data
-
-        try:
-            config = TrainConfig(data=data, num_clients=clients, alpha=alpha, seed=seed).validate()
+    if n is not None and n < 1:
+        _fail("--n must be at least 1")
+    try:
+        config = TrainConfig(
+            data=data, num_clients=clients, partition=partition, alpha=alpha, min_partition_size=min_partition_size,
+            max_client_size=max_client_size, seed=seed, batch_size=batch_size, rounds=rounds,
+            local_epochs=local_epochs, head_epochs=head_epochs, strategy=strategy, num_train_timesteps=timesteps,
+            image_size=image_size, epsilon=epsilon, delta=delta, clip_norm=clip_norm, upload_copies=upload_copies,
+            label_epsilon=label_epsilon, public_labels=public_labels or (strategy == "pfdm" and label_epsilon is None),
+            local_epsilon=local_epsilon,
+        ).validate()
+        if n is not None:
+            sizes, names, shape = {0: n}, {0: "client"}, None
+        else:
             fed = load_federated_data(config)
-        except (ConfigError, DataError, ValueError) as exc:
-            _fail(str(exc))
-        sizes = {name: len(c) for name, c in zip(fed.client_names, fed.clients)}
-    table = Table(title=f"noise for epsilon={epsilon} over {rounds} rounds x {local_epochs} epochs, B={batch_size}")
+            sizes = {cid: len(c) for cid, c in enumerate(fed.clients)}
+            names = dict(enumerate(fed.client_names))
+            shape = fed.clients[0].image_shape
+        if strategy == "pfdm":
+            _calibrate_pfdm(config, sizes, names, shape)
+        else:
+            _calibrate_dp_sgd(config, sizes, names)
+    except (ConfigError, DataError, CalibrationError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _calibrate_dp_sgd(config, sizes: dict[int, int], names: dict[int, str]) -> None:
+    from synthfed.privacy.accountant import ADJACENCY, compute_epsilon
+    from synthfed.privacy.planner import plan_dp_sgd
+
+    plans = plan_dp_sgd(config, sizes, names=names)
+    title = (f"noise for epsilon={config.epsilon} ({ADJACENCY}) over {config.rounds} rounds x "
+             f"{config.epochs_per_round()} epochs, B={config.batch_size}")
+    table = Table(title=title)
     for col in ["client", "n", "delta", "q", "steps", "sigma", "eps upper at sigma"]:
         table.add_column(col, justify="right")
-    for name, size in sizes.items():
-        d = delta if delta is not None else default_delta(size)
-        try:
-            validate_privacy_target(epsilon=epsilon, delta=d, n=size)
-            if batch_size > size:
-                raise CalibrationError(f"client {name} has {size} records, fewer than --batch-size {batch_size}")
-            q = batch_size / size
-            steps = rounds * local_epochs * math.ceil(1 / q)
-            sigma = find_noise_multiplier(target_epsilon=epsilon, delta=d, sampling_rate=q, steps=steps)
-        except (CalibrationError, ValueError) as exc:
-            _fail(str(exc))
-        check = compute_epsilon([SubsampledGaussian(noise_multiplier=sigma, sampling_rate=q, steps=steps)], delta=d)
-        table.add_row(name, str(size), _fmt(d, 3), _fmt(q), str(steps), _fmt(sigma, 5), _fmt(check.epsilon_upper))
+    for cid, nz in plans.items():
+        check = compute_epsilon([nz.planned_mechanism()], delta=nz.delta)
+        table.add_row(names[cid], str(nz.num_records), _fmt(nz.delta, 3), _fmt(nz.sampling_rate),
+                      str(nz.planned_steps), _fmt(nz.noise_multiplier, 5), _fmt(check.epsilon_upper))
     out.print(table)
 
 
-def _calibrate_pfdm(*, epsilon, delta, n, data, timesteps, image_size, clip_norm, copies, label_epsilon) -> None:
-    import math
+def _calibrate_pfdm(config, sizes: dict[int, int], names: dict[int, str], shape) -> None:
+    from synthfed.privacy.accountant import ADJACENCY
+    from synthfed.privacy.forward_noise import t0_curve
+    from synthfed.privacy.planner import client_delta, pfdm_budget, plan_dp_sgd, plan_t0
 
-    from synthfed.data import DataError, load_source
-    from synthfed.diffusion import NoiseSchedule
-    from synthfed.privacy.calibration import CalibrationError, default_delta
-    from synthfed.privacy.forward_noise import choose_t0, t0_curve
-
-    try:
-        dataset = load_source(data, split="train")
-        if image_size is not None:
-            dataset = dataset.resized(image_size)
-        acp = NoiseSchedule(num_train_timesteps=timesteps).alphas_cumprod()
-    except (DataError, ValueError) as exc:
-        _fail(str(exc))
-    records = n if n is not None else len(dataset)
-    d = delta if delta is not None else default_delta(records)
-    clip = clip_norm if clip_norm is not None else math.sqrt(float(np.prod(dataset.image_shape)))
-    curve = t0_curve(acp, delta=d, clip_norm=clip, copies=copies, label_epsilon=label_epsilon)
-    table = Table(title=f"PFDM upload: epsilon at each hand-off step t0 (delta={d:.3g}, C={clip:.3g}, m={copies})")
+    if shape is None:
+        raise ValueError("pfdm needs the data's image shape: give --data rather than --n")
+    acp = config.schedule().alphas_cumprod()
+    t0, clip = plan_t0(config, list(sizes.values()), shape, acp)
+    # The curve at the smallest delta (the largest client): the one that binds t0.
+    d = min(client_delta(config, size) for size in sizes.values())
+    curve = t0_curve(acp, delta=d, clip_norm=clip, copies=config.upload_copies, label_epsilon=config.label_epsilon)
+    table = Table(title=f"PFDM upload ({ADJACENCY}): epsilon at each hand-off step t0 (delta={d:.3g}, C={clip:.3g}, "
+                        f"m={config.upload_copies})")
     for col in ["t0", "alpha-bar", "noise multiplier", "eps upper"]:
         table.add_column(col, justify="right")
     for t, sigma, eps in curve:
         table.add_row(str(t), _fmt(float(acp[t])), _fmt(sigma), _fmt(eps))
     out.print(table)
-    try:
-        choice = choose_t0(acp, epsilon=epsilon, delta=d, clip_norm=clip, copies=copies, label_epsilon=label_epsilon)
-    except CalibrationError as exc:
-        _fail(str(exc))
-    out.print(f"smallest t0 meeting epsilon={epsilon:g}: t0={choice.t0} (eps upper {choice.report.epsilon_upper:.4g}, "
-              f"noise multiplier {choice.noise_multiplier:.4g}; {choice.report.accountant})")
+    sgd = plan_dp_sgd(config, sizes, epsilon=config.local_epsilon, names=names) if config.local_epsilon else {}
+    out.print(f"hand-off t0={t0} for every client (the largest client's smallest admissible t0)")
+    for cid, size in sizes.items():
+        budget = pfdm_budget(config, size, alpha_bar_t0=float(acp[t0]), clip=clip, sgd=sgd.get(cid))
+        local = "" if cid not in sgd else f", local DP-SGD sigma {sgd[cid].noise_multiplier:.5g}"
+        out.print(f"  {names[cid]}: n={size}, delta={client_delta(config, size):.3g}, planned epsilon {budget:.4g}{local}")

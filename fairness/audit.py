@@ -18,6 +18,7 @@ receives it (``select_and_train`` takes only the training set).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +34,8 @@ from synthfed.fairness.metrics import (
     tv_distance,
 )
 from synthfed.fairness.comparison import COMPARE_METRICS, _jsonable, compare_audits, headline_metrics
+from synthfed.fairness.privacy_report import privacy_card
+from synthfed.fairness.release import check_report_dir, public_source, public_spec, scrub_local_paths
 from synthfed.fairness.verdict import _summaries
 from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
@@ -85,8 +88,9 @@ def _align_classes(synthetic: ImageDataset, real: ImageDataset, spec: str) -> Im
     )
 
 
-def _resolve_run(run_dir, card: dict, notes: list[str]) -> Path | None:
-    """The run that produced the images: ``run_dir`` if given (must exist), else the card's source."""
+def _resolve_run(run_dir, card: dict, dataset_dir: Path, notes: list[str]) -> Path | None:
+    """The run that produced the images: ``run_dir`` if given (must exist), else
+    the card's source (a path relative to the dataset folder)."""
     if run_dir is not None:
         path = Path(run_dir)
         if not (path / "run.json").is_file():
@@ -97,33 +101,19 @@ def _resolve_run(run_dir, card: dict, notes: list[str]) -> Path | None:
         notes.append("The dataset card names no source run: per-client baselines and the membership attack are skipped "
                      "(pass --run RUN_DIR to add them).")
         return None
-    path = Path(src)
+    path = dataset_dir / src  # an absolute path (older cards) stays as it is
     if not (path / "run.json").is_file():
-        notes.append(f"The card's source run {src} is not available here: per-client baselines and the membership "
-                     "attack are skipped (pass --run RUN_DIR to add them).")
+        notes.append(f"The card's source run {Path(src).name} is not available here: per-client baselines and the "
+                     "membership attack are skipped (pass --run RUN_DIR to add them).")
         return None
     return path
 
 
-def _privacy_card(card: dict) -> dict:
-    p = card.get("privacy") or {}
-    rows = list(p.get("clients") or [])
-    dp = bool(p.get("differentially_private", False))
-    eps = [r.get("eps_upper", r.get("eps_estimate")) for r in rows]
-    eps = [float(e) for e in eps if e is not None]
-    deltas = [float(r["delta"]) for r in rows if r.get("delta") is not None]
-    if not p:
-        statement = "no privacy statement in the dataset card: treat as NOT differentially private"
-    else:
-        statement = str(p.get("statement") or ("differentially private" if dp else "NOT differentially private"))
-    return {
-        "differentially_private": dp,
-        "statement": statement,
-        "clients": rows,
-        "epsilon_max": max(eps) if (dp and eps) else None,
-        "delta_max": max(deltas) if (dp and deltas) else None,
-        "labels": p.get("labels"),
-    }
+def _train_source(train_set: ImageDataset, real: str) -> str:
+    """Where the real training images came from, without local paths."""
+    if str(train_set.source).startswith("pooled clients of run "):
+        return str(train_set.source)
+    return f"the training split of {public_spec(real)}"
 
 
 def _cap(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
@@ -155,6 +145,7 @@ def run_audit(
     compare_with: dict[str, dict] | None = None,
     reference: str | None = None,
     name: str | None = None,
+    include_real_images: bool = False,
     progress: Progress = null_progress,
 ) -> dict:
     """Audit the generated dataset in ``dataset_dir`` against the real source ``real`` (a ``--data`` spec).
@@ -166,12 +157,17 @@ def run_audit(
     training sets of the baselines and the judge, for speed on large data; the
     memorization check always uses every training image. ``compare_with`` maps names to other audits'
     reports; the comparison table (with ``direction`` and bias reduction vs
-    ``reference``) is added to this report.
+    ``reference``) is added to this report. The report holds no real training
+    image and no real class histogram of the training data unless
+    ``include_real_images``; then it is marked ``contains_personal_data``.
+    ``out_dir`` may not lie inside the dataset folder or a run directory.
     """
     from synthfed.generate import load_generated
     from synthfed.privacy.memorization import nearest_neighbour_audit
 
     dataset_dir = Path(dataset_dir)
+    if out_dir is not None:  # before any long work
+        check_report_dir(out_dir, datasets=[dataset_dir], run=run_dir)
     families = tuple(families)
     steps = ["load", "tstr", "baselines", "fidelity", "memorization", "membership", "report"]
     progress(TaskStarted("audit", f"auditing {dataset_dir.name}", len(steps)))
@@ -190,7 +186,7 @@ def run_audit(
     synthetic = _align_classes(synthetic, real_train, real)
     k = synthetic.num_classes
 
-    run = _resolve_run(run_dir, card, notes)
+    run = _resolve_run(run_dir, card, dataset_dir, notes)
     fed = None
     config = None
     if run is not None:
@@ -206,7 +202,8 @@ def run_audit(
     train_set = real_train
     if fed is not None:
         pooled = fed.pooled().resized(size)
-        train_set = ImageDataset(pooled.images, pooled.labels, pooled.class_names, f"pooled clients of {run}")
+        train_set = ImageDataset(pooled.images, pooled.labels, pooled.class_names,
+                                 f"pooled clients of run {run.resolve().name}")
     step("load")
 
     # -- utility: TSTR, selection on the synthetic validation split only
@@ -260,14 +257,15 @@ def run_audit(
         "label_fidelity": fid_all,
         "label_fidelity_per_class": fid_per_class,
         "worst_class_fidelity": float(np.nanmin(fid_per_class)),
-        "judge": {"classifier": f"SmallCNN, {judge_epochs} epochs, trained on {train_set.source or real}",
+        "judge": {"classifier": f"SmallCNN, {judge_epochs} epochs, trained on {_train_source(train_set, real)}",
                   "real_test_accuracy": judge_test_acc},
         "histograms": {
             "requested": requested.tolist(),
             "requested_from": requested_from,
             "generated": generated.tolist(),
             "predicted_by_judge": predicted.tolist(),
-            "real_train": train_set.class_counts().astype(float).tolist(),
+            # The training data's real class histogram is personal data (per client it is in run.json only).
+            "real_train": train_set.class_counts().astype(float).tolist() if include_real_images else None,
         },
         "tv_distance": tv_distance(predicted, requested),
         "tv_generated_vs_requested": tv_distance(generated, requested),
@@ -301,12 +299,12 @@ def run_audit(
         else:
             membership = loss_threshold_mia(gen.model, gen.schedule, members.resized(size), real_test, seed=seed,
                                             max_examples=mia_max_examples)
-            membership["model"] = dict(gen.source)
+            membership["model"] = public_source(gen.source)
             membership["members"] = (f"training images of client {client}" if client is not None
                                      else "all clients' training images")
-            membership["non_members"] = f"real test split of {real} ({len(real_test)} images)"
+            membership["non_members"] = f"real test split of {public_spec(real)} ({len(real_test)} images)"
     step("membership")
-    privacy = _privacy_card(card)
+    privacy = privacy_card(card)
     privacy["memorization"] = {key: v for key, v in mem.items() if key not in ("dcr_train", "dcr_holdout", "nn_train_index")}
     privacy["memorization"]["dcr_train_quantiles"] = np.quantile(mem["dcr_train"], [0, 0.05, 0.25, 0.5, 0.75, 1]).tolist()
     privacy["memorization"]["dcr_holdout_quantiles"] = np.quantile(mem["dcr_holdout"], [0, 0.05, 0.25, 0.5, 0.75, 1]).tolist()
@@ -314,24 +312,25 @@ def run_audit(
 
     report = {
         "name": name or dataset_dir.name,
+        "contains_personal_data": bool(include_real_images),
         "dataset": {
-            "dir": str(dataset_dir),
+            "dir": dataset_dir.resolve().name,
             "num_images": len(synthetic),
             "image_shape": list(synthetic.image_shape),
             "class_names": list(synthetic.class_names),
             "counts": synthetic.class_counts().tolist(),
-            "source": source,
-            "card": card,
+            "source": public_source(source),
+            "card": {**card, "source": public_source(source)},
         },
         "real": {
-            "spec": real,
+            "spec": public_spec(real),
             "train_size": len(train_set),
-            "train_source": train_set.source,
+            "train_source": _train_source(train_set, real),
             "test_size": len(real_test),
             "test_counts": real_test.class_counts().tolist(),
             "resized_to": size,
         },
-        "run_dir": str(run) if run is not None else None,
+        "run": run.resolve().name if run is not None else None,
         "settings": {
             "seed": seed,
             "families": list(families),
@@ -358,11 +357,14 @@ def run_audit(
         table = compare_audits({report["name"]: report, **compare_with}, reference=ref)
         report["comparison"] = {"reference": ref, "columns": list(table.columns),
                                 "table": table.reset_index().to_dict(orient="records")}
-    report = _jsonable(report)
+    # Free text (notes, error messages) may quote local paths: cut them to names.
+    local = [dataset_dir, run, out_dir, Path.cwd()]
+    report = json.loads(scrub_local_paths(json.dumps(_jsonable(report), ensure_ascii=False), local))
     if out_dir is not None:
         from synthfed.fairness.report import write_report
 
-        write_report(report, out_dir, synthetic=synthetic, train=train_set, holdout=real_test)
+        write_report(report, out_dir, synthetic=synthetic, train=train_set if include_real_images else None,
+                     holdout=real_test)
     step("report")
     progress(TaskFinished("audit"))
     return report

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthfed.card import source_label
 from synthfed.data import ImageDataset
 from synthfed.io import write_bytes_atomic
 
@@ -33,6 +34,7 @@ from synthfed.fairness.charts import (
     _confusion_svg,
     CSS,
 )
+from synthfed.fairness.privacy_report import STRENGTH_STYLE, personal_data_banner, privacy_html
 
 __all__ = ["render_html", "write_report", "write_tables"]
 
@@ -46,20 +48,28 @@ def _summary_html(report: dict) -> str:
     tstr = report["utility"]["tstr"]
     priv = report["privacy"]
     mia = priv.get("membership") or {}
-    eps = priv.get("epsilon_max")
+    strength = priv.get("guarantee_strength") or ("moderate" if priv["differentially_private"] else "none")
     kpis = [
-        (_pct(tstr["accuracy"]), "accuracy on real test data (trained on synthetic)"),
-        (_pct(report["utility"].get("utility_ratio")), "of the real-data classifier's accuracy"),
-        (f"{_pct(tstr['worst_class'])}", f"worst class ('{report['fairness']['worst_class_name']}')"),
-        (_num(tstr["bias"]), "class-wise bias (std of per-class accuracy)"),
-        (str(priv["memorization"]["near_copies"]), "near-exact copies of training images"),
-        (f"ε ≤ {eps:.3g}" if priv["differentially_private"] and eps is not None else
-         ("DP" if priv["differentially_private"] else "not DP"),
-         "privacy guarantee" + (f"; membership attack AUC {mia['auc']:.2f}" if "auc" in mia else "")),
+        (_pct(tstr["accuracy"]), "accuracy on real test data (trained on synthetic)", ""),
+        (_pct(report["utility"].get("utility_ratio")), "of the real-data classifier's accuracy", ""),
+        (f"{_pct(tstr['worst_class'])}", f"worst class ('{report['fairness']['worst_class_name']}')", ""),
+        (_num(tstr["bias"]), "class-wise bias (std of per-class accuracy)", ""),
+        (str(priv["memorization"]["near_copies"]), "near-exact copies of training images", ""),
+        (_guarantee_kpi(priv, strength),
+         "privacy guarantee" + (f"; membership attack AUC {mia['auc']:.2f}" if "auc" in mia else ""),
+         f' style="color:{STRENGTH_STYLE[strength][0]}"'),  # its own colour per strength
     ]
-    k_html = "".join(f'<div class="kpi"><div class="v">{_e(v)}</div><div class="l">{_e(label)}</div></div>'
-                     for v, label in kpis)
+    k_html = "".join(f'<div class="kpi"><div class="v"{style}>{_e(v)}</div><div class="l">{_e(label)}</div></div>'
+                     for v, label, style in kpis)
     return f'<section id="summary"><div class="cards">{"".join(cards)}</div><div class="kpis">{k_html}</div></section>'
+
+
+def _guarantee_kpi(priv: dict, strength: str) -> str:
+    """ε with its strength in words, e.g. "ε ≤ 1.14e+03 (weak)"; never a bare "DP"."""
+    if not priv["differentially_private"]:
+        return "not DP"
+    eps = priv.get("epsilon_max")
+    return f"ε ≤ {eps:.3g} ({strength})" if eps is not None else f"DP ({strength})"
 
 
 def _fairness_html(report: dict) -> str:
@@ -84,12 +94,13 @@ def _fairness_html(report: dict) -> str:
         v = np.asarray(v, dtype=float)
         return list(v / v.sum()) if v.sum() > 0 else [None] * len(v)
 
-    hmax = max(max(share(hist["requested"])), max(share(hist["predicted_by_judge"])), max(share(hist["real_train"])))
+    series = [("judged by real-data CNN", share(hist["predicted_by_judge"]), COLORS["judged"]),
+              ("requested", share(hist["requested"]), COLORS["requested"])]
+    if hist.get("real_train") is not None:  # the real histogram: only in a report marked as personal data
+        series.append(("real training data", share(hist["real_train"]), COLORS["real"]))
+    hmax = max(max(v for v in s[1] if v is not None) for s in series if any(v is not None for v in s[1]))
     hmax = min(1.0, math.ceil(hmax * 10 + 1e-9) / 10)
-    hist_svg = _bars_svg(names, [("judged by real-data CNN", share(hist["predicted_by_judge"]), COLORS["judged"]),
-                                 ("requested", share(hist["requested"]), COLORS["requested"]),
-                                 ("real training data", share(hist["real_train"]), COLORS["real"])],
-                         title="class histogram", max_value=hmax, width=480)
+    hist_svg = _bars_svg(names, series, title="class histogram", max_value=hmax, width=480)
     red = fair.get("bias_reduction_vs_clients_alone")
     red_txt = ""
     if red is not None:
@@ -128,69 +139,6 @@ def _samples_html(synthetic: ImageDataset, per_class: int = 10) -> str:
 <h2>Samples per class</h2>
 <div class="panel"><table class="samples">{''.join(rows)}</table>
 <p class="small">The first {per_class} synthetic images of each class, as stored in the dataset.</p></div>"""
-
-
-def _privacy_html(report: dict, synthetic: ImageDataset, train: ImageDataset | None) -> str:
-    priv = report["privacy"]
-    mem = priv["memorization"]
-    mia = priv.get("membership") or {}
-    bg, fg, word = LEVEL_STYLE[report["summary"]["privacy"]["level"]]
-    statement = str(priv["statement"])
-    if priv["differentially_private"]:
-        dp_line = "<b>Differentially private:</b> " + _e(statement)
-    elif statement.lower().startswith("not differentially private"):
-        head, _, rest = statement.partition(":")
-        dp_line = f'<b style="color:#b91c1c">{_e(head)}</b>' + (f": {_e(rest.strip())}" if rest else "")
-    else:
-        dp_line = '<b style="color:#b91c1c">NOT differentially private:</b> ' + _e(statement)
-    client_table = ""
-    if priv.get("clients"):
-        rows = "".join(
-            f'<tr><td class="t">{_e(r.get("client"))}</td><td>{_e(r.get("n", "–"))}</td>'
-            f'<td class="t">{_e(r.get("mechanisms", ""))}</td><td>{_num(r.get("eps_lower"))}</td>'
-            f'<td>{_num(r.get("eps_estimate"))}</td><td>{_num(r.get("eps_upper"))}</td>'
-            f'<td>{_num(r.get("delta"), "{:.1e}")}</td></tr>' for r in priv["clients"])
-        client_table = ('<table><tr><th class="t">client</th><th>records</th><th class="t">mechanisms</th>'
-                        '<th>ε lower</th><th>ε estimate</th><th>ε upper</th><th>δ</th></tr>' + rows + "</table>")
-    if "auc" in mia:
-        mia_html = (f"<p class=\"note\">Loss-threshold attack ({mia['num_members']} members vs {mia['num_non_members']} non-members, "
-                    f"timesteps {', '.join(str(t) for t in mia['timesteps'])}, {mia['draws']} noise draws each): "
-                    f"<b>ROC AUC {mia['auc']:.3f}</b> (0.5 = guessing), TPR at 1% FPR <b>{_pct(mia['tpr_at_1pct_fpr'])}</b>, "
-                    f"mean loss members {mia['member_loss_mean']:.4f} vs non-members {mia['non_member_loss_mean']:.4f}. "
-                    f"Members: {_e(mia.get('members', ''))}; non-members: {_e(mia.get('non_members', ''))}.</p>")
-    else:
-        mia_html = f"<p class=\"small\">Not run: {_e(mia.get('skipped', 'no source model'))}.</p>"
-    gallery = []
-    if train is not None:
-        for p in mem["closest_pairs"]:
-            img = _strip([synthetic.images[p["synthetic_index"]], train.images[p["train_index"]]], target=48, pad=4)
-            gallery.append(
-                f'<div class="pair{" copy" if p["near_copy"] else ""}"><img alt="synthetic and nearest training image" '
-                f'src="{_png(img)}"><div>synthetic #{p["synthetic_index"]} | train #{p["train_index"]}</div>'
-                f'<div>RMS {p["rms"]:.3f}{" — COPY" if p["near_copy"] else ""}</div></div>')
-    q_train = mem.get("dcr_train_quantiles") or []
-    q_hold = mem.get("dcr_holdout_quantiles") or []
-    return f"""
-<h2>Privacy card</h2>
-<div class="panel" style="border-left:5px solid {fg}">
-<p><span class="badge" style="background:{fg}">{word}</span> {dp_line}</p>
-{client_table}
-<h3>Memorization: nearest training image of every synthetic image</h3>
-<table>
-<tr><td class="t">synthetic images within the copy threshold of a training image (RMS ≤ {mem['copy_rms']:.4f})</td><td><b>{mem['near_copies']}</b> of {mem['num_synthetic']}</td></tr>
-<tr><td class="t">real hold-out images that close to a training image (the data's own duplicates)</td><td>{mem['holdout_near_copies']} of {mem['num_holdout']}</td></tr>
-<tr><td class="t">closest synthetic–training pair, RMS per pixel (real hold-out–training: closest {mem['holdout_min_rms']:.3f}, median {mem['holdout_median_rms']:.3f})</td><td>{mem['min_rms']:.3f}</td></tr>
-<tr><td class="t">median distance to closest record: training | hold-out (equal-size sets of {mem['reference_size']})</td><td>{mem['median_dcr_train']:.3f} | {mem['median_dcr_holdout']:.3f}</td></tr>
-<tr><td class="t">DCR ratio (≈ 1: no sign of memorization; well below 1: closer to the training data than unseen data is)</td><td><b>{mem['dcr_ratio']:.3f}</b></td></tr>
-<tr><td class="t">synthetic images closer to the training sample than to the hold-out (≈ 50% expected)</td><td>{_pct(mem['share_closer_to_train'])}</td></tr>
-</table>
-<p class="small">DCR quantiles (min, 5%, 25%, 50%, 75%, max) to the full training set: {', '.join(f'{v:.2f}' for v in q_train)};
-to the hold-out: {', '.join(f'{v:.2f}' for v in q_hold)}. Distances are L2 over {mem['num_pixels']} pixel values in [0, 1].</p>
-<h3>Closest pairs (synthetic | nearest training image)</h3>
-<div class="pairs">{''.join(gallery)}</div>
-<h3>Membership inference on the model</h3>
-{mia_html}
-</div>"""
 
 
 def _metrics_table(report: dict) -> str:
@@ -277,14 +225,14 @@ def _definitions_html() -> str:
 
 def render_html(report: dict, *, synthetic: ImageDataset, train: ImageDataset | None = None) -> str:
     ds = report["dataset"]
-    src = ds.get("source") or {}
-    made_by = ", ".join(f"{k} {v}" for k, v in src.items()) if src else "unknown model"
+    made_by = source_label(ds["source"]) if ds.get("source") else "unknown model"
     notes = "".join(f"<li>{_e(n)}</li>" for n in report.get("notes", []))
     notes_html = f'<div class="panel note" style="margin-top:12px"><ul style="margin:0">{notes}</ul></div>' if notes else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>synthfed audit: {_e(report['name'])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><main>
+{personal_data_banner(report)}
 <h1>Audit of synthetic dataset “{_e(report['name'])}”</h1>
 <div class="sub">{ds['num_images']} images, {len(ds['class_names'])} classes, {ds['image_shape'][1]}×{ds['image_shape'][2]}
 × {ds['image_shape'][0]} channel(s) · made by {_e(made_by)} · tested against real data {_e(report['real']['spec'])}
@@ -295,7 +243,7 @@ def render_html(report: dict, *, synthetic: ImageDataset, train: ImageDataset | 
 {_metrics_table(report)}
 {_fairness_html(report)}
 {_samples_html(synthetic)}
-{_privacy_html(report, synthetic, train)}
+{privacy_html(report, synthetic, train)}
 <div class="panel" style="margin-top:14px">{_selection_table(report)}</div>
 {_definitions_html()}
 <p class="small">Written by <code>synthfed audit</code>. Machine-readable: report.json and the CSV tables next to this file.</p>
@@ -320,11 +268,14 @@ def write_tables(report: dict, out_dir: Path) -> list[Path]:
     models = [report["utility"]["tstr"], *report["utility"]["baselines"]]
     written = []
     hist = fair["histograms"]
-    header = ["class", "requested", "generated", "judged_as", "real_train", "real_test", "label_fidelity"]
+    real_train = hist.get("real_train")  # withheld unless the report is marked as personal data
+    header = ["class", "requested", "generated", "judged_as", *(["real_train"] if real_train else []), "real_test",
+              "label_fidelity"]
     header += [f"recall[{m['name']}]" for m in models]
-    rows = [[n, hist["requested"][k], hist["generated"][k], hist["predicted_by_judge"][k], hist["real_train"][k],
-             report["real"]["test_counts"][k], fair["label_fidelity_per_class"][k],
-             *[m["per_class_recall"][k] for m in models]] for k, n in enumerate(names)]
+    rows = [[n, hist["requested"][k], hist["generated"][k], hist["predicted_by_judge"][k],
+             *([real_train[k]] if real_train else []), report["real"]["test_counts"][k],
+             fair["label_fidelity_per_class"][k], *[m["per_class_recall"][k] for m in models]]
+            for k, n in enumerate(names)]
     _write_csv(out_dir / "per_class.csv", header, rows)
     written.append(out_dir / "per_class.csv")
     _write_csv(out_dir / "classifiers.csv",
@@ -364,8 +315,12 @@ def write_report(report: dict, out_dir: str | Path, *, synthetic: ImageDataset, 
     """Write report.html, report.json and the CSV tables into ``out_dir`` (created if needed).
 
     ``synthetic`` and ``train`` supply the pixels of the sample grid and the
-    closest-pair gallery (the report itself stores only indices).
+    closest-pair gallery (the report itself stores only indices). ``train``
+    (real training images) is accepted only for a report marked
+    ``contains_personal_data``, whose page then carries the banner.
     """
+    if train is not None and not report.get("contains_personal_data"):
+        raise ValueError("real training images go only into a report marked as containing personal data")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_dir / "report.json",

@@ -7,6 +7,9 @@ import math
 
 import numpy as np
 
+from synthfed.card import MODERATE_MAX_EPSILON
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
 
@@ -70,6 +73,12 @@ def _summaries(report: dict) -> dict:
         d = priv["delta_max"]
         parts.append(f"Differentially private: every client's records are (ε ≤ {priv['epsilon_max']:.3g}, "
                      f"δ = {d:.1e})-DP." if d is not None else f"Differentially private: ε ≤ {priv['epsilon_max']:.3g}.")
+        strength = priv.get("guarantee_strength")
+        if strength == "weak":  # formally DP, in practice close to no protection
+            parts.append(f"WEAK guarantee: formally DP, but ε > {MODERATE_MAX_EPSILON:g} gives little practical protection.")
+            level = "warning"
+        elif strength:
+            parts.append(f"That is a {strength} guarantee.")
     elif priv["differentially_private"]:
         parts.append(f"Differentially private ({priv['statement']}).")
     else:

@@ -1,17 +1,18 @@
 """Turn a privacy target (epsilon, delta) into noise before training starts.
 
 `--epsilon` is a promise about the *reported* guarantee, and the ledger reports
-the PRV accountant's upper bound; so calibration picks the smallest noise whose
-PRV upper bound (at the same eps_error) meets the target.  Anything looser
-would make the ledger say "budget exceeded" for a run that followed its plan.
+the replace-one PLD accountant's upper bound; so calibration picks the smallest
+noise whose upper bound (at the same eps_error) meets the target.  Anything
+looser would make the ledger say "budget exceeded" for a run that followed its
+plan.
 
-Speed: one PRV evaluation at eps_error=0.01 and 10^4 steps takes ~3.5 s here,
-almost all of it grid work that shrinks linearly with eps_error while the
-*estimate* barely moves (7.66609 at 0.01 vs 7.66619 at 0.1).  So the search runs
-on cheap coarse estimates in log-log space (epsilon is nearly a power law in
-sigma), aims just below target - eps_error, and only the final candidate is
-checked with the real eps_error.  That check is one ``compute_epsilon`` call,
-cached, so the ledger's later query for the planned steps costs nothing.
+Speed: a full evaluation (eps_error=0.01, 10^4 steps) takes ~0.3 s, nearly all
+of it grid work that shrinks with the interval.  So the search runs on coarse
+PLDs in log-log space (epsilon is nearly a power law in sigma): first at
+eps_error x 10, then at eps_error x 2, each aiming its Richardson estimate plus
+the gap the final grid will leave at the target; only the final candidates are
+checked with the real eps_error, by the very function ``compute_epsilon`` takes
+its upper bound from (cached, so the ledger's later query reuses it).
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ import numbers
 from scipy import optimize
 from scipy.stats import norm
 
-from .accountant import Gaussian, SubsampledGaussian, _prv_epsilon, compute_epsilon
+from .accountant import _AIM, _START, TAIL_MASS, Gaussian, SubsampledGaussian, _interval_floor, _pld_upper
 
 __all__ = [
     "CalibrationError", "default_delta", "validate_privacy_target", "find_noise_multiplier",
     "find_gaussian_noise", "analytic_gaussian_epsilon", "plan_steps",
 ]
 
-# Coarse search levels: (eps_error, max grid points).  Estimates at these
-# levels agree with eps_error=0.01 estimates to ~1e-2 and ~3e-4 respectively.
-_COARSE = (0.5, 100_000)
-_MEDIUM = (0.1, 400_000)
-_GAP = 1.04  # upper - estimate is eps_error plus the delta_error term (measured 1.02-1.04 x eps_error)
+# Coarse search levels, as multiples of the final eps_error: the search aims
+# with these cheap grids and only the last steps use the real one.
+_COARSE, _MEDIUM = 10.0, 2.0
 _REL_TOL = 1e-3  # returned sigma is within this relative distance of the smallest admissible one
 
 
@@ -150,28 +149,41 @@ def _check_common(target_epsilon, delta, eps_error) -> None:
         raise CalibrationError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
     if not 0 < delta < 1:
         raise CalibrationError(f"delta must lie in (0, 1), got {delta!r}")
-    if not eps_error > 0:
-        raise ValueError(f"eps_error must be > 0, got {eps_error!r}")
-    if target_epsilon <= _GAP * eps_error * 1.5:
+    if not (eps_error > 0 and math.isfinite(eps_error)):
+        raise ValueError(f"eps_error must be a finite number > 0, got {eps_error!r}")
+    if target_epsilon <= 1.5 * eps_error:
         raise CalibrationError(
             f"target epsilon {target_epsilon:g} is within the accountant's resolution (eps_error={eps_error:g}): "
-            f"its upper bound is never below ~eps_error; pass a smaller eps_error"
+            f"the upper bound may lie up to ~eps_error above the true epsilon; pass a smaller eps_error"
         )
 
 
-def _aim(target: float, eps_error: float) -> float:
-    """Where the *estimate* should land so that the upper bound lands just below target."""
-    return target - _GAP * eps_error - (1.5e-4 * target + 1e-4)
+def _margin(target: float) -> float:
+    """Aim this far below target so that the first full check usually passes with little slack."""
+    return 1.5e-4 * target + 1e-4
+
+
+def _predicted_gap(err: float, interval: float, eps_error: float, floor: float) -> float:
+    """Predicted (upper - true epsilon) of the accountant at eps_error, from an error `err` measured at `interval`.
+
+    Mirrors the accountant's choice of interval (error ~ c interval^2), so a
+    search on cheap coarse grids aims at the bound the final check will report."""
+    c = err / interval ** 2
+    start = max(_START * eps_error, floor)
+    gap = c * start ** 2
+    return gap if gap <= _AIM * eps_error else max(_AIM * eps_error, c * floor ** 2)
 
 
 def find_noise_multiplier(
     *, target_epsilon: float, delta: float, sampling_rate: float, steps: int,
     eps_error: float = 0.01, sigma_max: float = 100.0,
 ) -> float:
-    """Smallest DP-SGD noise multiplier (5 significant digits, within 1e-3 relative of optimal)
-    whose PRV upper bound over `steps` Poisson-subsampled steps is <= target_epsilon at `delta`.
+    """Smallest DP-SGD noise multiplier (5 significant digits, within 1e-3 relative of optimal) whose
+    replace-one PLD upper bound over `steps` Poisson-subsampled steps is <= target_epsilon at `delta`.
 
-    Raises CalibrationError when even sigma_max cannot meet the target."""
+    The bound is the one ``compute_epsilon(..., eps_error=eps_error)`` reports,
+    so a ledger of the planned steps agrees with the plan.  Raises
+    CalibrationError when even sigma_max cannot meet the target."""
     target_epsilon, delta, eps_error = float(target_epsilon), float(delta), float(eps_error)
     _check_common(target_epsilon, delta, eps_error)
     if not 0 < sampling_rate <= 1:
@@ -185,14 +197,18 @@ def find_noise_multiplier(
 
 @functools.lru_cache(maxsize=1024)
 def _find_noise_multiplier(target: float, delta: float, q: float, steps: int, eps_error: float, sigma_max: float) -> float:
-    delta_error = delta / 1000
+    def predicted_upper(level: float):
+        """The final bound as predicted from a grid `level` times coarser: estimate + the gap the final grid leaves."""
+        def f(s):
+            mechs = (SubsampledGaussian(s, q, steps),)
+            up, est, err, interval = _pld_upper(mechs, delta, level * eps_error, TAIL_MASS)
+            if not math.isfinite(up):
+                return up
+            return est + _predicted_gap(err, interval, eps_error, _interval_floor(mechs, TAIL_MASS))
+        return f
 
-    def estimate(level):
-        err, points = level
-        return lambda s: _prv_epsilon((SubsampledGaussian(s, q, steps),), delta, err, delta_error, points, True)[1]
-
-    def upper(s):
-        return compute_epsilon([SubsampledGaussian(s, q, steps)], delta=delta, eps_error=eps_error).epsilon_upper
+    def upper(s):  # compute_epsilon's epsilon_upper, without its lower bound (not needed here)
+        return _pld_upper((SubsampledGaussian(s, q, steps),), delta, eps_error, TAIL_MASS)[0]
 
     def unreachable(eps_at_max):
         return CalibrationError(
@@ -202,14 +218,14 @@ def _find_noise_multiplier(target: float, delta: float, q: float, steps: int, ep
             f"or allow a larger sigma_max"
         )
 
-    aim = _aim(target, eps_error)
-    coarse, medium = estimate(_COARSE), estimate(_MEDIUM)
+    aim = target - _margin(target)
+    coarse, medium = predicted_upper(_COARSE), predicted_upper(_MEDIUM)
     x_max = math.log(sigma_max)
     x, slope = _solve_loglog(coarse, aim, x0=min(0.0, x_max), x_max=x_max, xtol=5e-3)
     if x is not None:
         x, slope = _solve_loglog(medium, aim, x0=x, x_max=x_max, xtol=5e-5, slope=slope)
-    if x is None:  # quote the cheap estimate: a full check at sigma_max would only say the same, slowly
-        raise unreachable(medium(sigma_max) + _GAP * eps_error)
+    if x is None:  # quote the cheap prediction: a full check at sigma_max would only say the same, slowly
+        raise unreachable(medium(sigma_max))
     return _verify(upper, target, x=x, slope=slope, sigma_max=sigma_max, unreachable=unreachable)
 
 
@@ -223,9 +239,12 @@ def _log_gaussian_delta(epsilon: float, mu: float) -> float:
 
 
 def analytic_gaussian_epsilon(*, noise_multiplier: float, delta: float, count: int = 1) -> float:
-    """Exact epsilon of `count` Gaussian releases (they compose to one with std / sqrt(count)).
+    """Exact epsilon of `count` Gaussian releases, noise_multiplier = noise std / L2 distance between the
+    neighbouring outputs (they compose to one release with std / sqrt(count)).
 
-    Used to seed find_gaussian_noise and to cross-check the PRV accountant."""
+    Adjacency-free: under replace-one a ``Gaussian(s)`` moves by 2C, i.e. this
+    with noise_multiplier s / 2.  Seeds find_gaussian_noise and cross-checks the
+    accountant."""
     mu = math.sqrt(count) / noise_multiplier
     log_delta = math.log(delta)
     if _log_gaussian_delta(0.0, mu) <= log_delta:
@@ -239,10 +258,12 @@ def analytic_gaussian_epsilon(*, noise_multiplier: float, delta: float, count: i
 def find_gaussian_noise(
     *, target_epsilon: float, delta: float, count: int = 1, eps_error: float = 0.01, sigma_max: float = 1e4,
 ) -> float:
-    """Smallest noise std / L2 sensitivity for `count` Gaussian releases whose PRV upper bound <= target.
+    """Smallest ``Gaussian.noise_multiplier`` (noise std / C, C the per-record L2 bound; a replacement
+    moves the output by up to 2C) for `count` releases whose replace-one PLD upper bound is <= target.
 
-    The exact analytic curve gives the answer for the estimate directly; the PRV
-    upper bound is then checked once, so the ledger will agree with the plan."""
+    The exact analytic curve (at noise_multiplier / 2) gives the answer up to
+    the grid's tiny gap; the PLD upper bound is then checked, so the ledger
+    will agree with the plan."""
     target_epsilon, delta, eps_error = float(target_epsilon), float(delta), float(eps_error)
     _check_common(target_epsilon, delta, eps_error)
     if int(count) != count or count < 1:
@@ -252,19 +273,19 @@ def find_gaussian_noise(
 
 @functools.lru_cache(maxsize=1024)
 def _find_gaussian_noise(target: float, delta: float, count: int, eps_error: float, sigma_max: float) -> float:
-    def exact(s):
-        return analytic_gaussian_epsilon(noise_multiplier=s, delta=delta, count=count)
+    def exact(s):  # replace-one: the output moves by 2C, so the std per unit distance is s / 2
+        return analytic_gaussian_epsilon(noise_multiplier=s / 2, delta=delta, count=count)
 
-    def upper(s):
-        return compute_epsilon([Gaussian(s, count)], delta=delta, eps_error=eps_error).epsilon_upper
+    def upper(s):  # compute_epsilon's epsilon_upper, without its lower bound (not needed here)
+        return _pld_upper((Gaussian(s, count),), delta, eps_error, TAIL_MASS)[0]
 
     def unreachable(eps_at_max):
         return CalibrationError(
             f"target epsilon {target:g} (delta={delta:g}) is unreachable with {count} Gaussian release(s) and "
-            f"noise up to {sigma_max:g} x sensitivity (epsilon {eps_at_max:.4g}); allow more noise or fewer releases"
+            f"noise up to {sigma_max:g} x C (epsilon {eps_at_max:.4g}); allow more noise or fewer releases"
         )
 
-    aim = _aim(target, eps_error)
+    aim = target - _margin(target)
     x_max = math.log(sigma_max)
     x, slope = _solve_loglog(exact, aim, x0=0.0, x_max=x_max, xtol=1e-7, slope=-1.0)
     if x is None:

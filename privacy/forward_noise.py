@@ -2,15 +2,17 @@
 
 A client clips each image x to L2 norm ≤ C and uploads
 x̃ = √ᾱ_{t0} x + √(1−ᾱ_{t0}) z, z ~ N(0, I). Scaled by 1/√ᾱ_{t0} that is
-x + σ_eff z with σ_eff = √((1−ᾱ_{t0})/ᾱ_{t0}): a Gaussian mechanism whose
-L2 sensitivity under replacing one record is 2C, i.e. noise multiplier
-σ_eff / (2C). m noised copies of the same image compose (m releases).
+x + σ_eff z with σ_eff = √((1−ᾱ_{t0})/ᾱ_{t0}): a Gaussian mechanism with
+``Gaussian.noise_multiplier`` σ_eff / C (noise std per unit of the per-record
+L2 bound). Replacing one record moves the upload by up to 2C, and the
+replace-one accountant models exactly that (ledger format 1 stored σ_eff / (2C)).
+m noised copies of the same image compose (m releases).
 Labels go with the upload: either protected by k-ary randomized response
 (pure ε_label-DP, composed in the ledger) or declared public.
 
 ``choose_t0`` is the accountant picking the hand-off timestep: the smallest t0
 of the forward schedule (least noise, most left to the shared model) whose
-composed PRV upper bound meets the client's (ε, δ)."""
+composed replace-one PLD upper bound meets the client's (ε, δ)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ from synthfed.privacy.calibration import CalibrationError
 
 
 def upload_noise_multiplier(alpha_bar: float, *, clip_norm: float) -> float:
-    """σ_eff / sensitivity for an upload at a step with cumulative ᾱ."""
-    return math.sqrt((1.0 - alpha_bar) / alpha_bar) / (2.0 * clip_norm)
+    """``Gaussian.noise_multiplier`` of an upload at a step with cumulative ᾱ: σ_eff / C.
+
+    Not σ_eff / (2C): the replace-one accountant itself accounts for a
+    replacement moving the clipped image by up to 2C."""
+    return math.sqrt((1.0 - alpha_bar) / alpha_bar) / clip_norm
 
 
 def upload_mechanisms(alpha_bar: float, *, clip_norm: float, copies: int, label_epsilon: float | None) -> list:

@@ -5,6 +5,13 @@ a client that skipped rounds, stopped early or was resumed after a crash has
 spent exactly what its entries say.  Entries store mechanisms (not epsilons),
 so the guarantee is recomputed by the accountant from the full history and
 composes correctly across rounds; a checkpoint carries the ledger as JSON.
+
+Format 2 (this one) states its adjacency, replace-one, the product's one unit
+of privacy.  Format 1 ledgers are read and re-accounted under replace-one:
+their Gaussian (PFDM upload) entries stored noise std / (2C), now std / C, so
+that noise multiplier is doubled on reading; DP-SGD and randomized-response
+entries meant the same thing in both formats.  Their epsilon rises (format 1
+accounted DP-SGD under add/remove), which is the honest figure.
 """
 
 from __future__ import annotations
@@ -17,13 +24,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accountant import (
-    EpsilonReport, Mechanism, SubsampledGaussian, compute_epsilon, mechanism_from_dict, mechanism_to_dict,
-    merge_mechanisms,
+    ADJACENCY, EpsilonReport, Gaussian, Mechanism, SubsampledGaussian, compute_epsilon, mechanism_from_dict,
+    mechanism_to_dict, merge_mechanisms,
 )
 
 __all__ = ["LedgerEntry", "ClientLedger", "PrivacyLedger"]
 
-LEDGER_FORMAT = 1
+LEDGER_FORMAT = 2
+
+
+def _upgrade_format_1(d: dict) -> dict:
+    """A format-1 ledger as format 2: Gaussian noise multipliers were std / (2C), now std / C."""
+    clients = {}
+    for cid, c in d.get("clients", {}).items():
+        entries = []
+        for e in c.get("entries", []):
+            mech = dict(e["mechanism"])
+            if mech.get("kind") == Gaussian.kind:
+                mech["noise_multiplier"] = 2.0 * float(mech["noise_multiplier"])
+            entries.append({**e, "mechanism": mech})
+        clients[cid] = {**c, "entries": entries}
+    return {**d, "format": LEDGER_FORMAT, "adjacency": ADJACENCY, "clients": clients}
 
 
 @dataclass
@@ -33,13 +54,20 @@ class LedgerEntry:
     round: int
     mechanism: Mechanism
     note: str = ""
+    # sha256 of what the release was made from (the requester's weights, t0...):
+    # the same inputs again are the same release (synthfed.privacy.releases).
+    inputs: str = ""
 
     def to_dict(self) -> dict:
-        return {"round": self.round, "mechanism": mechanism_to_dict(self.mechanism), "note": self.note}
+        d = {"round": self.round, "mechanism": mechanism_to_dict(self.mechanism), "note": self.note}
+        if self.inputs:
+            d["inputs"] = self.inputs
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LedgerEntry":
-        return cls(round=int(d["round"]), mechanism=mechanism_from_dict(d["mechanism"]), note=str(d.get("note", "")))
+        return cls(round=int(d["round"]), mechanism=mechanism_from_dict(d["mechanism"]), note=str(d.get("note", "")),
+                   inputs=str(d.get("inputs", "")))
 
 
 @dataclass
@@ -52,18 +80,18 @@ class ClientLedger:
     epsilon_budget: float | None
     entries: list[LedgerEntry] = field(default_factory=list)
 
-    def record(self, mechanism: Mechanism, *, round: int, note: str = "") -> None:
+    def record(self, mechanism: Mechanism, *, round: int, note: str = "", inputs: str = "") -> None:
         """Append a release.  Equal entries are kept separately, even in the same
         round: two identical releases are two releases, and they compose."""
         merge_mechanisms([mechanism])  # type check: refuse anything the accountant cannot account
-        self.entries.append(LedgerEntry(round=int(round), mechanism=mechanism, note=note))
+        self.entries.append(LedgerEntry(round=int(round), mechanism=mechanism, note=note, inputs=inputs))
 
     def mechanisms(self) -> list[Mechanism]:
         """All releases, merged by parameters (steps/count summed); zero-cost entries dropped."""
         return merge_mechanisms([e.mechanism for e in self.entries])
 
     def spent(self, *, eps_error: float = 0.01) -> EpsilonReport:
-        """The guarantee so far: PRV composition of every recorded release at this client's delta."""
+        """The guarantee so far: replace-one PLD composition of every recorded release at this client's delta."""
         return compute_epsilon(self.mechanisms(), delta=self.delta, eps_error=eps_error)
 
     def would_exceed(self, extra: Sequence[Mechanism]) -> bool:
@@ -101,7 +129,7 @@ def _summary(m: Mechanism) -> str:
     if isinstance(m, SubsampledGaussian):
         return f"DP-SGD (sigma={m.noise_multiplier:g}, q={m.sampling_rate:g}, steps={m.steps})"
     if m.kind == "gaussian":
-        return f"Gaussian upload (sigma={m.noise_multiplier:g} x sensitivity, count={m.count})"
+        return f"Gaussian upload (noise std = {m.noise_multiplier:g} x clip norm, count={m.count})"
     return f"randomized response on labels (epsilon={m.epsilon:g}, count={m.count})"
 
 
@@ -112,13 +140,26 @@ class PrivacyLedger:
     clients: dict[str, ClientLedger] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"format": LEDGER_FORMAT, "clients": {cid: c.to_dict() for cid, c in self.clients.items()}}
+        return {"format": LEDGER_FORMAT, "adjacency": ADJACENCY,
+                "clients": {cid: c.to_dict() for cid, c in self.clients.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrivacyLedger":
-        fmt = d.get("format", LEDGER_FORMAT)
-        if fmt != LEDGER_FORMAT:
-            raise ValueError(f"privacy ledger format {fmt!r} is not supported (expected {LEDGER_FORMAT})")
+        """Read format 2, or format 1 converted to replace-one; refuse anything else.
+
+        No format, an unknown one, or another adjacency is a ValueError: guessing
+        the unit of a noise multiplier could under-report epsilon."""
+        fmt = d.get("format")
+        if fmt == 1:
+            if "adjacency" in d:
+                raise ValueError("privacy ledger format 1 has no adjacency field; this file is not one")
+            d = _upgrade_format_1(d)
+        elif fmt != LEDGER_FORMAT:
+            raise ValueError(f"privacy ledger format {fmt!r} is not supported (this version reads formats 1 and "
+                             f"{LEDGER_FORMAT})")
+        if d.get("adjacency") != ADJACENCY:
+            raise ValueError(f"privacy ledger adjacency {d.get('adjacency')!r} is not supported: every epsilon is "
+                             f"accounted under {ADJACENCY!r}")
         return cls(clients={str(cid): ClientLedger.from_dict(c) for cid, c in d.get("clients", {}).items()})
 
     def save(self, path: str | os.PathLike) -> None:
@@ -179,5 +220,6 @@ class PrivacyLedger:
                 "delta": c.delta,
                 "budget": c.epsilon_budget,
                 "accountant": report.accountant,
+                "unit": ADJACENCY,
             })
         return rows

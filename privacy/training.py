@@ -1,46 +1,31 @@
-"""The privacy side of a training run: calibration, DP-SGD steppers, ledger.
+"""The privacy side of a training run: the plan, DP-SGD steppers, the ledger.
 
 ``PrivateTraining.plan`` turns ``--epsilon/--delta`` into a noise multiplier
-per client *before* training, for the most steps the client could take
-(every round, every local epoch: partial participation is not assumed to
-amplify anything), so the target holds whatever rounds it is sampled in. The
-ledger then records what actually ran, and the engine asks ``may_train``
-before each round, so a client stops before a round that would exceed its
-budget (with calibrated noise that never happens; it guards resumed or
-extended runs).
+per client before training (``synthfed.privacy.planner``: the same plan
+``privacy calibrate`` prints). The ledger then records what actually ran,
+and the engine asks ``may_train`` before each round, so a client stops before
+a round that would exceed its budget (with calibrated noise that never
+happens; it guards resumed or extended runs).
 
-Crash safety: the ledger is saved inside each round's checkpoint. A round in
-flight at a crash is re-run on resume with the same seeds, hence the same
-Poisson batches and the same Gaussian noise: it is the same release, not a
-second one, so nothing is spent twice and nothing that was released is
-forgotten (the discarded attempt was never published)."""
+Crash safety and repeated requests: every DP-SGD entry carries a digest of the
+round's inputs (``synthfed.privacy.releases``). A round redone after a crash
+starts from the same inputs and the same secret key stream, so it is the same
+release, not counted twice; a round asked again with other inputs draws fresh
+noise (the next attempt's stream) and is counted as a new release."""
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import torch
 
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData
-from synthfed.privacy.accountant import SubsampledGaussian
-from synthfed.privacy.calibration import default_delta, find_noise_multiplier, validate_privacy_target
 from synthfed.privacy.dp_sgd import DPSGDStepper
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
+from synthfed.privacy.planner import ClientNoise, plan_dp_sgd
+from synthfed.privacy.releases import release_attempt
 
 
 DP_SGD_NOTE = "DP-SGD local training"
-
-
-@dataclass(frozen=True)
-class ClientNoise:
-    num_records: int
-    delta: float
-    sampling_rate: float
-    steps_per_round: int
-    planned_steps: int
-    noise_multiplier: float
 
 
 class PrivateTraining:
@@ -64,32 +49,22 @@ class PrivateTraining:
         """The plan for the clients of ``sizes`` (id -> number of records). The
         noise of a client depends only on its own size and the run's plan, so a
         Flower node plans for itself alone and gets what the simulation gets."""
+        noise = plan_dp_sgd(config, sizes, epsilon=epsilon, names=names)
         epsilon = config.epsilon if epsilon is None else epsilon
-        assert epsilon is not None
-        noise: dict[int, ClientNoise] = {}
-        clients: dict[str, ClientLedger] = {}
-        for cid, n in sizes.items():
-            delta = config.delta if config.delta is not None else default_delta(n)
-            validate_privacy_target(epsilon=epsilon, delta=delta, n=n)
-            if config.batch_size > n:
-                name = (names or {}).get(cid, str(cid))
-                raise ValueError(f"client {name} has {n} records, fewer than --batch-size {config.batch_size}")
-            q = config.batch_size / n
-            per_round = config.epochs_per_round() * math.ceil(1.0 / q)
-            planned = config.rounds * per_round
-            sigma = find_noise_multiplier(target_epsilon=epsilon, delta=delta, sampling_rate=q, steps=planned)
-            noise[cid] = ClientNoise(n, delta, q, per_round, planned, sigma)
-            clients[str(cid)] = ClientLedger(
-                client_id=str(cid), num_records=n, delta=delta, epsilon_budget=epsilon, entries=[]
-            )
+        clients = {
+            str(cid): ClientLedger(client_id=str(cid), num_records=nz.num_records, delta=nz.delta,
+                                   epsilon_budget=epsilon, entries=[])
+            for cid, nz in noise.items()
+        }
         return cls(config, noise, PrivacyLedger(clients=clients))
 
     def may_train(self, cid: int, *, server_round: int) -> bool:
-        nz = self.noise[cid]
-        round_mechanism = SubsampledGaussian(
-            noise_multiplier=nz.noise_multiplier, sampling_rate=nz.sampling_rate, steps=nz.steps_per_round
-        )
-        return not self.ledger.clients[str(cid)].would_exceed([round_mechanism])
+        return not self.ledger.clients[str(cid)].would_exceed([self.noise[cid].round_mechanism()])
+
+    def release_attempt(self, cid: int, *, server_round: int, digest: str) -> tuple[int, bool]:
+        """(attempt, already recorded) of client ``cid``'s DP-SGD release in this round from these inputs."""
+        return release_attempt(self.ledger.clients[str(cid)], round=server_round, digest=digest,
+                               is_kind=lambda note: note == DP_SGD_NOTE)
 
     def stepper_factory(self, cid: int, generator: torch.Generator):
         nz = self.noise[cid]
@@ -107,9 +82,9 @@ class PrivateTraining:
 
         return make
 
-    def record(self, cid: int, *, server_round: int, mechanisms: list) -> None:
+    def record(self, cid: int, *, server_round: int, mechanisms: list, inputs: str = "") -> None:
         for m in mechanisms:
-            self.ledger.clients[str(cid)].record(m, round=server_round, note=DP_SGD_NOTE)
+            self.ledger.clients[str(cid)].record(m, round=server_round, note=DP_SGD_NOTE, inputs=inputs)
 
     def ledger_dict(self) -> dict:
         return self.ledger.to_dict()

@@ -7,6 +7,7 @@ Layout of a run directory::
     rounds/round-0003/
         global/model/        diffusers folder (safetensors) of the shared weights
         global/ema/          the same for the EMA weights (what ``generate`` uses)
+        global/*/privacy.json   the folder's guarantee as the ledger states it (travels with a copy)
         clients/client-07.safetensors   a client's local (never shared) tensors
         state.json           round, per-client EMA step counters, metrics history
         ledger.json          privacy ledger (when the run is private)
@@ -30,6 +31,7 @@ from synthfed.io import publish_dir_atomic, write_bytes_atomic, write_json_atomi
 from synthfed.model.presets import ModelSpec, build_unet, save_model
 
 RUN_FILE = "run.json"
+MODEL_PRIVACY_FILE = "privacy.json"
 LATEST_FILE = "LATEST"
 ROUNDS_DIR = "rounds"
 KEEP_ROUNDS = 2
@@ -89,6 +91,7 @@ def save_round(run_dir: Path, spec: ModelSpec, ckpt: RoundCheckpoint) -> Path:
         save_model(model, spec, tmp / "global" / "model")
         model.load_state_dict(ckpt.global_ema, strict=False)
         save_model(model, spec, tmp / "global" / "ema")
+        write_model_privacy(tmp, run_dir, ckpt.server_round, ckpt.ledger)
     if ckpt.local_states:
         (tmp / "clients").mkdir()
         for cid, local in ckpt.local_states.items():
@@ -107,6 +110,25 @@ def save_round(run_dir: Path, spec: ModelSpec, ckpt: RoundCheckpoint) -> Path:
     write_bytes_atomic(run_dir / LATEST_FILE, final.name.encode())
     _prune(rounds, keep=KEEP_ROUNDS)
     return final
+
+
+def write_model_privacy(round_dir: Path, run_dir: Path, server_round: int, ledger: dict | None) -> None:
+    """Write ``privacy.json`` into each model folder of ``round_dir``: a folder
+    copied out of the run keeps its guarantee (or its lack of one). The run's
+    public settings come from run.json, the figures from ``ledger`` only."""
+    from synthfed.card import model_folder_statement
+    from synthfed.config import PERSONALIZED_STRATEGIES
+
+    run_file = Path(run_dir) / RUN_FILE
+    config = json.loads(run_file.read_text())["config"] if run_file.is_file() else {}
+    for folder in sorted((Path(round_dir) / "global").glob("*")):
+        if not folder.is_dir():
+            continue
+        statement = model_folder_statement(
+            ledger, config, run_name=Path(run_dir).resolve().name, server_round=server_round, weights=folder.name,
+            shared_only=config.get("strategy") in PERSONALIZED_STRATEGIES,
+        )
+        write_json_atomic(folder / MODEL_PRIVACY_FILE, statement)
 
 
 def _prune(rounds: Path, *, keep: int) -> None:

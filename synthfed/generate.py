@@ -2,8 +2,11 @@
 
 ``load_generator`` resolves what produced the images (a run's global model or
 one client's personalized model, EMA weights by default) and what privacy
-guarantee covers it, straight from the run's ledger; ``generate_dataset``
-writes PNGs, ``manifest.csv`` and a sample grid, and records both."""
+guarantee covers it, straight from the run's ledger (or, for a model folder
+copied out of its run, from the ``privacy.json`` written into it from the
+ledger); ``generate_dataset`` writes PNGs, ``manifest.csv`` and a sample grid,
+and records both. Every written file names its source by folder name or
+relative path: the dataset is meant to leave the party that made it."""
 
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from synthfed.checkpoint import client_file, latest_round_dir, read_run_file
+from synthfed.card import privacy_status
+from synthfed.checkpoint import MODEL_PRIVACY_FILE, client_file, latest_round_dir, read_run_file
 from synthfed.config import PERSONALIZED_STRATEGIES
 from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
 from synthfed.io import write_json_atomic
@@ -38,83 +42,31 @@ class LoadedGenerator:
     model: torch.nn.Module
     spec: ModelSpec
     schedule: NoiseSchedule
-    source: dict = field(default_factory=dict)  # what produced the images, for the manifest and card
+    source: dict = field(default_factory=dict)  # what produced the images, in words and names (no paths): released
     privacy: dict = field(default_factory=dict)  # privacy status of every producing component
     handover: tuple | None = None  # PFDM: (shared high-noise model, t0); ``model`` finishes below t0
-
-
-def _components(config: dict, client: int | None) -> list[dict]:
-    """Every model that takes part in producing the images, and whether it
-    was trained under a differential-privacy mechanism recorded in the ledger."""
-    strategy = config.get("strategy", "fedavg")
-    dp_sgd = config.get("epsilon") is not None
-    if strategy == "pfdm":
-        local_dp = config.get("local_epsilon") is not None
-        return [
-            {"component": "shared high-noise denoiser (t > t0)", "dp": True,
-             "mechanism": "trained only on forward-noised uploads (Gaussian mechanism; labels "
-                          + ("public" if config.get("public_labels") else "randomized response") + ")"},
-            {"component": f"client {client} low-noise denoiser (t <= t0)", "dp": local_dp,
-             "mechanism": "DP-SGD" if local_dp else "trained on the client's raw images without DP-SGD"},
-        ]
-    name = "global model" if client is None else f"client {client} personalized model (shared backbone + local head)"
-    return [{"component": name, "dp": dp_sgd, "mechanism": "DP-SGD" if dp_sgd else "trained without DP-SGD"}]
+    run_dir: Path | None = None  # local only (never written out): the run, when the images come from one
+    config: dict = field(default_factory=dict)  # the run's settings (for the card's label handling)
 
 
 def _privacy_status(round_dir: Path | None, client: int | None, config: dict | None = None) -> dict:
-    """Read, never infer: the guarantee is whatever the run's ledger says, and
-    it covers the images only if every producing component is DP."""
+    """The guarantee of the round's ledger (none without a ledger file)."""
     ledger_path = None if round_dir is None else round_dir / "ledger.json"
-    components = _components(config or {}, client)
-    all_dp = all(c["dp"] for c in components)
-    if ledger_path is None or not ledger_path.is_file():
-        statement = "NOT differentially private: trained without DP-SGD"
-        if (config or {}).get("epsilon") is not None or (config or {}).get("strategy") == "pfdm":
-            # A Flower run: the ledgers stay on the nodes until they are published.
-            statement = ("NOT differentially private as far as this run directory shows: its privacy ledgers are "
-                         "held by the Flower nodes (publish them with `synthfed flower collect-ledgers`)")
-        return {"differentially_private": False, "components": components, "statement": statement}
-    from synthfed.privacy.ledger import PrivacyLedger
+    ledger = json.loads(ledger_path.read_text()) if ledger_path is not None and ledger_path.is_file() else None
+    return privacy_status(ledger, config, client)
 
-    rows = PrivacyLedger.from_dict(json.loads(ledger_path.read_text())).table()
-    if any(not math.isfinite(r["eps_upper"]) for r in rows):
-        # A mechanism without noise (e.g. a PFDM upload at a t0 with ᾱ ≈ 1) is no guarantee.
-        all_dp = False
-        components = [dict(c, dp=False) if "upload" in c["mechanism"] or "shared" in c["component"] else c
-                      for c in components]
-    if all_dp:
-        statement = "each client's records are (epsilon, delta)-DP as listed (record-level; accountant below)"
-    else:
-        not_dp = "; ".join(c["component"] for c in components if not c["dp"])
-        statement = f"NOT differentially private: {not_dp} was trained without a DP mechanism"
-    return {"differentially_private": all_dp, "components": components, "statement": statement, "clients": rows}
+
+def _round_number(round_dir: Path) -> int:
+    return int(round_dir.name.split("-")[1])
 
 
 def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool = True) -> LoadedGenerator:
     """``path`` is a run directory (its latest complete round) or a model folder."""
     path = Path(path)
     if (path / MODEL_META_FILE).is_file():
-        model, spec = load_model(path)
         if client is not None:
             raise ValueError("--client needs a run directory, not a single model folder")
-        # A folder inside a run (rounds/round-N/global/ema): its run says what
-        # produced it; a folder on its own carries no privacy claim at all.
-        round_dir = path.parent.parent if path.parent.name == "global" else None
-        config = None
-        if round_dir is not None and (round_dir.parent.parent / "run.json").is_file():
-            config = read_run_file(round_dir.parent.parent)["config"]
-            if config.get("strategy") in PERSONALIZED_STRATEGIES:
-                raise ValueError(
-                    f"this folder holds only the shared part of a {config['strategy']} run; "
-                    "sample the run directory with --client instead"
-                )
-        return LoadedGenerator(
-            model=model.eval(),
-            spec=spec,
-            schedule=NoiseSchedule(**spec.schedule),
-            source={"model_dir": str(path.resolve())},
-            privacy=_privacy_status(round_dir if config is not None else None, None, config),
-        )
+        return _load_model_folder(path)
     info = read_run_file(path)
     if info["config"].get("strategy") == "pfdm":
         return _load_pfdm_generator(path, info, client=client, use_ema=use_ema)
@@ -138,7 +90,7 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
         model, _ = load_model(global_dir)
     else:
         model = build_unet(spec)
-    source = {"run_dir": str(path.resolve()), "round": int(round_dir.name.split("-")[1]), "weights": which}
+    source = {"kind": "run", "run": path.resolve().name, "round": _round_number(round_dir), "weights": which}
     if client is not None:
         local_path = clients_dir / client_file(client)
         if not local_path.is_file():
@@ -153,7 +105,64 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
         schedule=NoiseSchedule(**spec.schedule),
         source=source,
         privacy=_privacy_status(round_dir, client, info["config"]),
+        run_dir=path,
+        config=info["config"],
     )
+
+
+def _load_model_folder(path: Path) -> LoadedGenerator:
+    """A single model folder. Inside a run (rounds/round-N/global/ema) the run's
+    ledger says what covers it; elsewhere (a copy) its own privacy.json does; a
+    folder with neither carries no claim at all."""
+    model, spec = load_model(path)
+    round_dir = path.parent.parent if path.parent.name == "global" else None
+    run_dir = round_dir.parent.parent if round_dir is not None else None
+    source = {"kind": "model folder", "folder": path.resolve().name, "weights": path.name}
+    if run_dir is not None and (run_dir / "run.json").is_file():
+        config = read_run_file(run_dir)["config"]
+        _refuse_shared_part(config.get("strategy"))
+        source.update(run=run_dir.resolve().name, round=_round_number(round_dir))
+        privacy = _privacy_status(round_dir, None, config)
+    else:
+        config, privacy = _folder_privacy(path, source)
+    return LoadedGenerator(model=model.eval(), spec=spec, schedule=NoiseSchedule(**spec.schedule), source=source,
+                           privacy=privacy, config=config)
+
+
+def _refuse_shared_part(strategy: str | None) -> None:
+    if strategy in PERSONALIZED_STRATEGIES:
+        raise ValueError(
+            f"this folder holds only the shared part of a {strategy} run; sample the run directory with --client instead"
+        )
+
+
+def _folder_privacy(path: Path, source: dict) -> tuple[dict, dict]:
+    """(public run settings, privacy status) from the folder's privacy.json, which
+    ``save_round`` wrote from the ledger. Anything short of a complete DP
+    statement with finite epsilons counts as NOT differentially private."""
+    meta_path = path / MODEL_PRIVACY_FILE
+    if not meta_path.is_file():
+        return {}, {"differentially_private": False,
+                    "components": [{"component": "model folder", "dp": False, "mechanism": "unknown"}],
+                    "statement": "NOT differentially private (no privacy statement in the folder)"}
+    try:
+        meta = json.loads(meta_path.read_text())
+        rows = list(meta.get("clients") or [])
+        finite = all(math.isfinite(float(r["eps_upper"])) for r in rows)
+        statement = str(meta["statement"])
+        config = dict(meta.get("config") or {})
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{MODEL_PRIVACY_FILE} in {path.name} is not a readable privacy statement ({exc})") from exc
+    _refuse_shared_part(meta.get("shared_part_of"))
+    dp = meta.get("differentially_private") is True and bool(rows) and finite
+    source.update(run=meta.get("run"), round=meta.get("round"))
+    if not dp and not statement.startswith("NOT"):
+        statement = f"NOT differentially private: {statement}"
+    statement += (f" (recorded in the folder's {MODEL_PRIVACY_FILE} from the ledger of run {meta.get('run')}, "
+                  f"round {meta.get('round')})")
+    privacy = {"differentially_private": dp, "components": list(meta.get("components") or []),
+               "statement": statement, "clients": rows}
+    return config, privacy
 
 
 def _no_client(path: Path, info: dict, client: int) -> str:
@@ -178,10 +187,11 @@ def _load_pfdm_generator(path: Path, info: dict, *, client: int | None, use_ema:
     local = build_unet(spec)
     local.load_state_dict({k[len(prefix):]: v for k, v in load_file(str(local_path)).items() if k.startswith(prefix)})
     t0 = int(info["pfdm"]["t0"])
-    source = {"run_dir": str(path.resolve()), "round": int(round_dir.name.split("-")[1]), "weights": which, "client": client,
-              "strategy": "pfdm", "t0": t0}
+    source = {"kind": "run", "run": path.resolve().name, "round": _round_number(round_dir), "weights": which,
+              "client": client, "strategy": "pfdm", "t0": t0}
     return LoadedGenerator(model=local.eval(), spec=spec, schedule=NoiseSchedule(**spec.schedule), source=source,
-                           privacy=_privacy_status(round_dir, client, info["config"]), handover=(shared.eval(), t0))
+                           privacy=_privacy_status(round_dir, client, info["config"]), handover=(shared.eval(), t0),
+                           run_dir=path, config=info["config"])
 
 
 def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, *, num_classes: int, per_class: int = 8) -> None:
@@ -211,15 +221,20 @@ def generate_dataset(
     seed: int = 0,
     device: torch.device | str = "cpu",
     allow_non_private: bool = False,
+    counts_source: str = "as requested",
+    real_counts: bool = False,
     progress: Progress = null_progress,
 ) -> Path:
     """Write PNGs, manifest.csv/.parquet, grid.png and the dataset card.
 
-    ``counts`` (per class) overrides ``per_class``. A dataset not covered by
-    DP is refused unless ``allow_non_private``, and then stamped as such. The
-    folder is assembled under a temporary name and renamed into place, so a
-    crash never leaves a half-written dataset behind a valid-looking name."""
-    from synthfed.card import NOT_DP, NonPrivateOutputRefused, build_card, render_card_md
+    ``counts`` (per class) overrides ``per_class``; ``counts_source`` says in
+    the card where they came from, and ``real_counts`` that they are the real
+    class histogram (refused for a DP output: no mechanism covers it). A
+    dataset not covered by DP is refused unless ``allow_non_private``, and then
+    stamped as such. The folder is assembled under a temporary name and renamed
+    into place, so a crash never leaves a half-written dataset behind a
+    valid-looking name."""
+    from synthfed.card import NonPrivateOutputRefused, build_card, manifest_stamp, render_card_md
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -232,10 +247,48 @@ def generate_dataset(
         )
     spec = gen.spec
     counts = list(counts) if counts is not None else [per_class] * spec.num_classes
+    # The card first: a refusal (e.g. real counts under a DP claim) costs no sampling.
+    card = build_card(source=_released_source(gen, out_dir), privacy=gen.privacy, config=gen.config,
+                      class_names=spec.class_names, counts=counts, counts_source=counts_source, real_counts=real_counts,
+                      sampler={"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seed,
+                               "ddpm_variance": ddpm_variance})
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "images").mkdir(parents=True)
+    images, labels = _sample_images(gen, counts, sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale,
+                                    ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=device,
+                                    progress=progress)
+    _write_images_and_manifest(tmp, images, labels, spec.class_names, card["source"], seed, manifest_stamp(card))
+    save_grid(images, labels, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
+    write_json_atomic(tmp / "card.json", card)
+    (tmp / "CARD.md").write_text(render_card_md(card))
+    if out_dir.exists():
+        out_dir.rmdir()  # empty (checked above)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _released_source(gen: LoadedGenerator, out_dir: Path) -> dict:
+    """``gen.source`` plus the run directory relative to the dataset folder (so
+    that ``synthfed audit`` finds the run), unless that relative path would
+    spell out where the user's files live: through the file-system root or
+    above the home folder."""
+    source = dict(gen.source)
+    if gen.run_dir is None:
+        return source
+    run, out = Path(gen.run_dir).resolve(), out_dir.resolve()
+    common = Path(os.path.commonpath([run, out.parent]))
+    home = Path.home().resolve()
+    if common != Path(common.anchor) and common not in home.parents:
+        source["run_dir"] = os.path.relpath(run, out)
+    return source
+
+
+def _sample_images(gen: LoadedGenerator, counts: list[int], *, sampler: str, num_steps: int, guidance_scale: float,
+                   ddpm_variance: str, batch_size: int, seed: int, device, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N×C×H×W images, labels): ``counts[k]`` images of class k, in class order."""
+    spec = gen.spec
     device = torch.device(device)
     model = gen.model.to(device)
     labels = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(counts)])
@@ -260,34 +313,23 @@ def generate_dataset(
         all_images.append(to_uint8(x).cpu().numpy())
         progress(TaskAdvanced("sample", len(batch)))
     progress(TaskFinished("sample"))
-    images = np.concatenate(all_images)
-    labels_np = labels.numpy()
-    producer = json.dumps(gen.source, sort_keys=True)
-    stamp = "differentially private" if dp else NOT_DP
+    return np.concatenate(all_images), labels.numpy()
+
+
+def _write_images_and_manifest(folder: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
+                               source: dict, seed: int, stamp: str) -> None:
+    producer = json.dumps(source, sort_keys=True)
     rows = []
-    for i, (img, y) in enumerate(zip(images, labels_np)):
+    for i, (img, y) in enumerate(zip(images, labels)):
         name = f"images/{i:06d}.png"
-        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(tmp / name)
-        rows.append({"file": name, "label": int(y), "class_name": spec.class_names[y], "model": producer, "seed": seed,
+        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(folder / name)
+        rows.append({"file": name, "label": int(y), "class_name": class_names[y], "model": producer, "seed": seed,
                      "privacy": stamp})
-    with open(tmp / "manifest.csv", "w", newline="") as fh:
+    with open(folder / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    pd.DataFrame(rows).to_parquet(tmp / "manifest.parquet", index=False)
-    save_grid(images, labels_np, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
-    config = {}
-    if "run_dir" in gen.source:
-        config = read_run_file(Path(gen.source["run_dir"]))["config"]
-    card = build_card(source=gen.source, privacy=gen.privacy, config=config, class_names=spec.class_names,
-                      counts=counts, sampler={"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale,
-                                              "seed": seed, "ddpm_variance": ddpm_variance})
-    write_json_atomic(tmp / "card.json", card)
-    (tmp / "CARD.md").write_text(render_card_md(card))
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked above)
-    os.replace(tmp, out_dir)
-    return out_dir
+    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet", index=False)
 
 
 def load_generated(directory: str | Path) -> tuple["ImageDataset", dict]:

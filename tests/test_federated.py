@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shared_keys import copy_simulation_keys
 from synthfed.config import TrainConfig
 from synthfed.federated.fedavg import FedAvg
 from synthfed.federated.strategy import FitResult, weighted_average
@@ -60,6 +61,7 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(tmp_path
     config = TrainConfig(**TINY, rounds=3, participation=2).validate()
     # Execute: uninterrupted, and crashed after round 1 then resumed
     full = train(config, tmp_path / "full")
+    copy_simulation_keys(tmp_path / "full", tmp_path / "crashed")  # the same secret noise, as a backup restores
     train(config, tmp_path / "crashed", stop_after_round=1)
     resumed = train(config, tmp_path / "crashed", resume=True)
     # Assert

@@ -18,6 +18,7 @@ from flwr.app import Context, RecordDict  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from flower_loopback import LoopbackGrid  # noqa: E402
+from shared_keys import give_nodes_simulation_keys  # noqa: E402
 from synthfed.config import ConfigError, TrainConfig  # noqa: E402
 from synthfed.federated.simulation import build_strategy  # noqa: E402
 from synthfed.flower.client_app import app as client_app  # noqa: E402
@@ -36,6 +37,11 @@ def _weights(round_dir, which="ema"):
 
 def _flower(tmp_path, config, *, secagg=False, min_clients=1, resume=False, grid=None):
     grid = grid or _grid(tmp_path, config.num_clients)
+    if (tmp_path / "sim" / "private").is_dir():
+        # Compared with a simulation: each node gets that client's secret noise key
+        # (as restoring a node's backup would); every other run makes its own.
+        give_nodes_simulation_keys(tmp_path / "sim", {cid: tmp_path / f"node{cid}" / "demo"
+                                                      for cid in range(config.num_clients)})
     options = FlowerOptions(run_dir=str(tmp_path / "server"), run_name="demo", node_wait=5, secagg=secagg,
                             min_clients=min_clients, resume=resume).validate(config)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})

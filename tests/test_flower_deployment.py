@@ -22,6 +22,7 @@ from safetensors.torch import load_file  # noqa: E402
 from synthfed.config import TrainConfig  # noqa: E402
 from synthfed.flower.deploy import Deployment, process_tree, write_app  # noqa: E402
 from synthfed.flower.run_config import FlowerOptions, to_run_config  # noqa: E402
+from shared_keys import give_nodes_simulation_keys  # noqa: E402
 from synthfed.train import train  # noqa: E402
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20, batch_size=64,
@@ -58,6 +59,7 @@ def test_superlink_and_two_supernodes_reproduce_the_simulation(tmp_path):
     # Prepare
     config = TrainConfig(**TINY, rounds=2).validate()
     sim = train(config, tmp_path / "sim")
+    give_nodes_simulation_keys(tmp_path / "sim", {cid: tmp_path / f"node{cid}" / "demo" for cid in range(2)})
     deployment, app_dir = _start(tmp_path, config)
     trees: list[int] = []
     # Execute

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from synthfed.privacy.accountant import Gaussian, RandomizedResponse, SubsampledGaussian, compute_epsilon
-from synthfed.privacy.calibration import find_noise_multiplier
-from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
+from synthfed.privacy.accountant import ADJACENCY, Gaussian, RandomizedResponse, SubsampledGaussian, compute_epsilon
+from synthfed.privacy.calibration import analytic_gaussian_epsilon, find_noise_multiplier
+from synthfed.privacy.ledger import LEDGER_FORMAT, ClientLedger, PrivacyLedger
 
 DELTA = 1e-5
 SIGMA, Q, STEPS_PER_ROUND = 1.2, 0.02, 50
@@ -36,12 +36,48 @@ def test_json_round_trip():
     ledger.clients["2"] = ClientLedger(client_id="2", num_records=10, delta=DELTA, epsilon_budget=None)
 
     # Execute
-    back = PrivacyLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
+    stored = json.loads(json.dumps(ledger.to_dict()))
+    back = PrivacyLedger.from_dict(stored)
 
     # Assert
     assert back == ledger
+    assert stored["format"] == LEDGER_FORMAT == 2 and stored["adjacency"] == ADJACENCY == "replace-one"
     assert back.clients["1"].spent() == ledger.clients["1"].spent()
     assert back.clients["2"].epsilon_budget is None
+
+
+def format_1_ledger():
+    """A ledger as format 1 wrote it: PFDM's Gaussian noise multiplier was std / (2C), no adjacency field."""
+    entries = [
+        {"round": 1, "mechanism": {"kind": "subsampled_gaussian", "noise_multiplier": 1.2, "sampling_rate": 0.02,
+                                   "steps": 50}, "note": "DP-SGD local training"},
+        {"round": 1, "mechanism": {"kind": "gaussian", "noise_multiplier": 2.0, "count": 1}, "note": "PFDM upload"},
+        {"round": 1, "mechanism": {"kind": "randomized_response", "epsilon": 1.0, "count": 1}, "note": "labels"},
+    ]
+    client = {"client_id": "0", "num_records": 500, "delta": DELTA, "epsilon_budget": 10.0, "entries": entries}
+    return {"format": 1, "clients": {"0": client}}
+
+
+def test_format_1_ledger_is_converted_and_re_accounted_under_replace_one():
+    # Prepare
+    old = format_1_ledger()
+
+    # Execute
+    ledger = PrivacyLedger.from_dict(old)
+    upload = ledger.clients["0"].entries[1].mechanism
+    resaved = ledger.to_dict()
+
+    # Assert: std/(2C) = 2.0 is std/C = 4.0; DP-SGD and labels unchanged; the upload's epsilon is the
+    # exact Gaussian at std / distance 2.0, as format 1 meant it
+    assert upload == Gaussian(4.0)
+    assert ledger.clients["0"].entries[0].mechanism == SubsampledGaussian(1.2, 0.02, 50)
+    assert ledger.clients["0"].entries[2].mechanism == RandomizedResponse(1.0)
+    exact = analytic_gaussian_epsilon(noise_multiplier=2.0, delta=DELTA)
+    assert exact <= compute_epsilon([upload], delta=DELTA).epsilon_upper <= exact + 0.01
+    assert resaved["format"] == 2 and resaved["adjacency"] == "replace-one"
+    assert resaved["clients"]["0"]["entries"][1]["mechanism"]["noise_multiplier"] == 4.0
+    assert PrivacyLedger.from_dict(json.loads(json.dumps(resaved))) == ledger  # no second doubling
+    assert old["clients"]["0"]["entries"][1]["mechanism"]["noise_multiplier"] == 2.0  # input left untouched
 
 
 def test_crash_after_round_two_then_resume_equals_uninterrupted(tmp_path):
@@ -160,14 +196,23 @@ def test_table_rows():
     assert rows["0"]["budget"] == 8.0 and rows["0"]["delta"] == DELTA and rows["0"]["n"] == 500
     assert rows["1"]["sigma"] is None and rows["1"]["steps"] == 0 and "Gaussian" in rows["1"]["mechanisms"]
     assert rows["0"]["eps_lower"] <= rows["0"]["eps_estimate"] <= rows["0"]["eps_upper"]
+    assert rows["0"]["unit"] == rows["1"]["unit"] == "replace-one"
+    assert "replace-one" in rows["0"]["accountant"]
     json.dumps(ledger.table())  # cards embed the table
 
 
 def test_bad_ledger_data_is_refused():
-    with pytest.raises(ValueError, match="format"):
-        PrivacyLedger.from_dict({"format": 99, "clients": {}})
+    with pytest.raises(ValueError, match="format 99"):
+        PrivacyLedger.from_dict({"format": 99, "adjacency": "replace-one", "clients": {}})
+    with pytest.raises(ValueError, match="format None"):  # no format: the unit of its noise is unknown
+        PrivacyLedger.from_dict({"clients": {}})
+    with pytest.raises(ValueError, match="adjacency 'add/remove'"):
+        PrivacyLedger.from_dict({"format": 2, "adjacency": "add/remove", "clients": {}})
+    with pytest.raises(ValueError, match="adjacency None"):
+        PrivacyLedger.from_dict({"format": 2, "clients": {}})
     entry = {"round": 1, "mechanism": {"kind": "unknown"}, "note": ""}
-    bad = {"clients": {"0": {"client_id": "0", "num_records": 1, "delta": 0.1, "epsilon_budget": None, "entries": [entry]}}}
+    client = {"client_id": "0", "num_records": 1, "delta": 0.1, "epsilon_budget": None, "entries": [entry]}
+    bad = {"format": 2, "adjacency": "replace-one", "clients": {"0": client}}
     with pytest.raises(ValueError, match="unknown mechanism"):
         PrivacyLedger.from_dict(bad)
     with pytest.raises(TypeError):

@@ -8,6 +8,7 @@ import torch
 from prv_accountant import GaussianMechanism, PRVAccountant
 from safetensors.torch import load_file
 
+from shared_keys import copy_simulation_keys
 from synthfed.config import TrainConfig
 from synthfed.diffusion import NoiseSchedule
 from synthfed.federated.backbone_head import BackboneHead
@@ -17,6 +18,7 @@ from synthfed.federated.split import HEAD_PRESETS, SplitError, split_parameters
 from synthfed.federated.strategy import FitResult
 from synthfed.generate import generate_dataset, load_generator
 from synthfed.model import ModelSpec, build_unet
+from synthfed.privacy.calibration import analytic_gaussian_epsilon
 from synthfed.privacy.forward_noise import choose_t0, clip_images, randomized_response, upload_noise_multiplier
 from synthfed.train import train
 
@@ -89,23 +91,31 @@ def test_fedrep_head_phase_leaves_the_backbone_untouched():
 
 
 @pytest.mark.parametrize("epsilon,copies,clip", [(10.0, 1, 8.0), (3.0, 2, 8.0), (8.0, 1, 28.0)])
-def test_chosen_t0_meets_epsilon_on_prv_directly_and_t0_minus_1_does_not(epsilon, copies, clip):
+def test_chosen_t0_meets_epsilon_on_the_exact_gaussian_and_t0_minus_1_does_not(epsilon, copies, clip):
     # Prepare
     acp = NoiseSchedule(num_train_timesteps=1000).alphas_cumprod()
     delta = 1e-5
     # Execute
     choice = choose_t0(acp, epsilon=epsilon, delta=delta, clip_norm=clip, copies=copies)
 
-    def prv(t):  # prv-accountant's Gaussian mechanism, called directly
+    def exact(t):  # independent of the accountant: Balle & Wang's exact curve, the upload moving by up to 2C
+        sigma_eff = math.sqrt((1 - float(acp[t])) / float(acp[t]))
+        return analytic_gaussian_epsilon(noise_multiplier=sigma_eff / (2 * clip), delta=delta, count=copies)
+
+    def add_remove(t):  # prv-accountant, a Gaussian of sensitivity 2C: add/remove of a 2C step is the same pair
         sigma = math.sqrt((1 - float(acp[t])) / float(acp[t])) / (2 * clip)
         acc = PRVAccountant(prvs=GaussianMechanism(noise_multiplier=sigma), max_self_compositions=copies,
                             eps_error=0.01, delta_error=delta / 1000)
-        return acc.compute_epsilon(delta=delta, num_self_compositions=[copies])[2]
+        return acc.compute_epsilon(delta=delta, num_self_compositions=[copies])[1]
 
-    # Assert
-    assert prv(choice.t0) <= epsilon
-    assert prv(choice.t0 - 1) > epsilon
+    # Assert: the accountant's bound sits within its error above the exact figure, which meets epsilon at t0
+    # and not (beyond that error) one step earlier
+    assert exact(choice.t0) <= choice.report.epsilon_upper <= epsilon
+    assert choice.report.epsilon_upper - exact(choice.t0) <= 0.01
+    assert exact(choice.t0 - 1) > epsilon - 0.01
+    assert add_remove(choice.t0) == pytest.approx(exact(choice.t0), abs=0.01)
     assert choice.noise_multiplier == pytest.approx(upload_noise_multiplier(float(acp[choice.t0]), clip_norm=clip))
+    assert choice.noise_multiplier == pytest.approx(math.sqrt((1 - float(acp[choice.t0])) / float(acp[choice.t0])) / clip)
 
 
 def test_clipping_and_randomized_response():
@@ -164,6 +174,7 @@ def test_pfdm_end_to_end_ledger_generation_and_honest_status(tmp_path):
 def test_pfdm_with_local_dp_sgd_is_dp_and_resumes_with_the_same_ledger(tmp_path):
     config = TrainConfig(**TINY, strategy="pfdm", epsilon=10.0, label_epsilon=1.0, local_epsilon=5.0, rounds=2).validate()
     full = train(config, tmp_path / "full")
+    copy_simulation_keys(tmp_path / "full", tmp_path / "crash")  # the same secret noise, as a backup restores
     train(config, tmp_path / "crash", stop_after_round=1)
     resumed = train(config, tmp_path / "crash", resume=True)
     a = json.loads((full.last_round_dir / "ledger.json").read_text())

@@ -4,8 +4,10 @@ import json
 
 import pytest
 import torch
+from opacus.accountants import PRVAccountant as OpacusPRV
 from safetensors.torch import load_file
 
+from shared_keys import copy_simulation_keys
 from synthfed.config import TrainConfig
 from synthfed.federated.simulation import run_simulation
 from synthfed.privacy.accountant import compute_epsilon
@@ -39,14 +41,20 @@ def test_full_participation_spends_the_calibrated_budget_exactly(tmp_path):
         assert spent.epsilon_upper <= 8.0
         assert spent.epsilon_upper > 8.0 - 0.1
         assert client.delta == pytest.approx(1 / (10 * n))
-        # independent check: prv-accountant on the recorded mechanism
+        # the ledger's figure is the replace-one accountant on the recorded mechanism, and it never
+        # undercuts the add/remove figure of an independent accountant (Opacus's PRV) for it
         direct = compute_epsilon([mech], delta=client.delta)
         assert direct.epsilon_upper == pytest.approx(spent.epsilon_upper)
+        assert "replace-one" in spent.accountant
+        add_remove = OpacusPRV()
+        add_remove.history = [(mech.noise_multiplier, mech.sampling_rate, mech.steps)]
+        assert add_remove.get_epsilon(delta=client.delta, eps_error=0.01) < spent.epsilon_estimate
 
 
 def test_ledger_after_resume_equals_the_uninterrupted_ledger(tmp_path):
     config = TrainConfig(**TINY, rounds=3, participation=2).validate()
     full = train(config, tmp_path / "full")
+    copy_simulation_keys(tmp_path / "full", tmp_path / "crash")  # the same secret noise, as a backup restores
     train(config, tmp_path / "crash", stop_after_round=1)
     resumed = train(config, tmp_path / "crash", resume=True)
     a, b = _ledger(full.last_round_dir), _ledger(resumed.last_round_dir)

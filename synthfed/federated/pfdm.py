@@ -36,35 +36,14 @@ from synthfed.federated.simulation import (
     resolve_device,
 )
 from synthfed.model.presets import build_unet
-from synthfed.privacy.accountant import SubsampledGaussian, compute_epsilon
-from synthfed.privacy.calibration import default_delta
-from synthfed.privacy.forward_noise import choose_t0, make_uploads, upload_mechanisms
+from synthfed.privacy.forward_noise import make_uploads, upload_mechanisms
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
+from synthfed.privacy.noise_keys import NoiseKey, load_or_create_simulation_keys
+from synthfed.privacy.planner import client_delta, pfdm_budget, plan_t0
+from synthfed.privacy.releases import inputs_digest, release_attempt
 from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
 SERVER = -1  # seed stream of the server's training
-
-
-def resolve_clip_norm(config: TrainConfig, image_shape: tuple[int, int, int]) -> float:
-    """Default C = sqrt(#pixels): the largest norm an image in [-1, 1] can have,
-    so clipping changes no image and the hand-off distribution is the data's."""
-    return config.clip_norm if config.clip_norm is not None else math.sqrt(float(np.prod(image_shape)))
-
-
-def plan_t0(config: TrainConfig, sizes: list[int], image_shape: tuple[int, int, int],
-            alphas_cumprod: torch.Tensor) -> tuple[int, float]:
-    """One t0 for everyone: the largest of the clients' smallest admissible t0
-    (each client has its own δ, from its size), so every client meets its (ε, δ)."""
-    clip = resolve_clip_norm(config, image_shape)
-    if config.t0 is not None:
-        return config.t0, clip
-    t0 = 0
-    for n in sizes:
-        delta = config.delta if config.delta is not None else default_delta(n)
-        choice = choose_t0(alphas_cumprod, epsilon=config.epsilon, delta=delta, clip_norm=clip,
-                           copies=config.upload_copies, label_epsilon=config.label_epsilon)
-        t0 = max(t0, choice.t0)
-    return t0, clip
 
 
 def pfdm_ledger(config: TrainConfig, sizes: dict[int, int], *, sgd, alpha_bar_t0: float, clip: float) -> PrivacyLedger:
@@ -74,35 +53,46 @@ def pfdm_ledger(config: TrainConfig, sizes: dict[int, int], *, sgd, alpha_bar_t0
         ledger = sgd.ledger
     else:
         ledger = PrivacyLedger(clients={
-            str(cid): ClientLedger(client_id=str(cid), num_records=n,
-                                   delta=config.delta if config.delta is not None else default_delta(n),
+            str(cid): ClientLedger(client_id=str(cid), num_records=n, delta=client_delta(config, n),
                                    epsilon_budget=None, entries=[])
             for cid, n in sizes.items()})
-    for cid in sizes:
-        client = ledger.clients[str(cid)]
-        planned = upload_mechanisms(alpha_bar_t0, clip_norm=clip, copies=config.upload_copies,
-                                    label_epsilon=config.label_epsilon)
-        if sgd is not None:
-            nz = sgd.noise[cid]
-            planned.append(SubsampledGaussian(noise_multiplier=nz.noise_multiplier, sampling_rate=nz.sampling_rate,
-                                              steps=nz.planned_steps))
-        client.epsilon_budget = compute_epsilon(planned, delta=client.delta).epsilon_upper
+    for cid, n in sizes.items():
+        ledger.clients[str(cid)].epsilon_budget = pfdm_budget(
+            config, n, alpha_bar_t0=alpha_bar_t0, clip=clip, sgd=None if sgd is None else sgd.noise[cid])
     return ledger
 
 
-def client_uploads(config: TrainConfig, cid: int, images: torch.Tensor, labels: torch.Tensor, *, t0: int, clip: float,
-                   alpha_bar_t0: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Client ``cid``'s one release: its own seed stream (round 0), so the same
-    run re-creates the same release (resume, or a Flower node asked again)."""
-    gen = torch.Generator().manual_seed(derive_seed(config.seed, 0, cid))
+UPLOAD_NOTE = "forward-noise upload"
+
+
+def upload_digest(config: TrainConfig, *, t0: int, clip: float) -> str:
+    """What an upload is made from, besides the client's images: a request for
+    the upload with other values is another release (``synthfed.privacy.releases``)."""
+    return inputs_digest("pfdm-upload", t0, clip, config.upload_copies, config.label_epsilon,
+                         config.num_train_timesteps)
+
+
+def upload_attempt(ledger: ClientLedger, config: TrainConfig, *, t0: int, clip: float) -> tuple[int, bool]:
+    return release_attempt(ledger, round=1, digest=upload_digest(config, t0=t0, clip=clip),
+                           is_kind=lambda note: note.startswith(UPLOAD_NOTE))
+
+
+def client_uploads(config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, *, t0: int, clip: float,
+                   alpha_bar_t0: float, num_classes: int, noise_key: NoiseKey, attempt: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's upload, drawn from its secret key's upload stream (attempt k):
+    the same key and attempt re-create the same release (resume, or a node
+    asked again); the server, knowing only the run seed, cannot."""
+    gen = noise_key.generator("pfdm-upload", attempt)
     return make_uploads(images, labels, alpha_bar=alpha_bar_t0, clip_norm=clip, copies=config.upload_copies,
                         num_classes=num_classes, label_epsilon=config.label_epsilon, generator=gen)
 
 
 def record_uploads(ledger: ClientLedger, config: TrainConfig, *, t0: int, clip: float, alpha_bar_t0: float) -> None:
+    digest = upload_digest(config, t0=t0, clip=clip)
     for m in upload_mechanisms(alpha_bar_t0, clip_norm=clip, copies=config.upload_copies,
                                label_epsilon=config.label_epsilon):
-        ledger.record(m, round=1, note=f"forward-noise upload at t0={t0}")
+        ledger.record(m, round=1, note=f"{UPLOAD_NOTE} at t0={t0}", inputs=digest)
 
 
 def pfdm_plans(config: TrainConfig, null_label: int, t0: int) -> tuple[LocalTraining, LocalTraining]:
@@ -189,19 +179,22 @@ def run_pfdm(
         info = _run_info(config, fed, spec)
         info["pfdm"] = {"t0": t0, "clip_norm": clip, "upload_noise_std": math.sqrt((1 - float(acp[t0])) / float(acp[t0]))}
         write_run_file(run_dir, info)
+    noise_keys = load_or_create_simulation_keys(run_dir, range(len(fed.clients)), create=start_round == 1)
     progress(Message(f"PFDM hand-off at t0={t0} of T={schedule.num_train_timesteps} (clip norm {clip:.3g})"))
 
-    # The uploads: re-created identically on resume (same seeds), so a resumed
-    # run makes the same release rather than a second one.
+    # The uploads: re-created identically on resume (same keys, same inputs),
+    # so a resumed run makes the same release rather than a second one.
     uploads, upload_labels = [], []
     for cid, data in enumerate(fed.clients):
         images, labels = data.to_tensor()
-        x, y = client_uploads(config, cid, images, labels, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0,
-                              num_classes=len(fed.class_names))
+        client_ledger = ledger.clients[str(cid)]
+        attempt, recorded = upload_attempt(client_ledger, config, t0=t0, clip=clip)
+        x, y = client_uploads(config, images, labels, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0,
+                              num_classes=len(fed.class_names), noise_key=noise_keys[cid], attempt=attempt)
         uploads.append(x)
         upload_labels.append(y)
-        if start_round == 1:
-            record_uploads(ledger.clients[str(cid)], config, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0)
+        if not recorded:
+            record_uploads(client_ledger, config, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0)
     pooled_x, pooled_y = torch.cat(uploads), torch.cat(upload_labels)
     server_plan, client_plan = pfdm_plans(config, spec.null_label, t0)
     tensors = [c.to_tensor() for c in fed.clients]
@@ -223,7 +216,8 @@ def run_pfdm(
             images, labels = tensors[cid]
             upd = client_round(model, config=config, plan=client_plan, cid=cid, server_round=server_round,
                                state=local[cid], ema=local_ema[cid], ema_step=ema_steps[cid], images=images,
-                               labels=labels, alphas_cumprod=acp, device=device, privacy=sgd, progress=progress)
+                               labels=labels, alphas_cumprod=acp, device=device, noise_key=noise_keys[cid], privacy=sgd,
+                               progress=progress)
             if upd is None:
                 progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
                 continue

@@ -2,9 +2,11 @@
 
 The engine owns the loop, the single working model, checkpoints and resume;
 the algorithm is the ``Strategy`` and the client code is ``client_update``,
-exactly what a Flower deployment calls. Every random draw of round r comes
-from generators seeded by (seed, r[, client]), so a run resumed after round r
-continues exactly as the uninterrupted run would."""
+exactly what a Flower deployment calls. Public draws (initialisation, client
+selection) come from the run seed; a client's draws come from its secret key
+(``synthfed.privacy.noise_keys``, kept in ``<run>/private/``), so a run
+resumed after round r continues exactly as the uninterrupted run would, and
+a server that knows the seed still cannot predict the noise."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from synthfed.federated.split import split_parameters
 from synthfed.federated.local import LocalOnly
 from synthfed.federated.strategy import FitResult, Strategy
 from synthfed.model.presets import ModelSpec, build_unet
+from synthfed.privacy.noise_keys import NoiseKey, load_or_create_simulation_keys
+from synthfed.privacy.releases import inputs_digest
 from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
 
@@ -125,20 +129,29 @@ def client_round(
     labels: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     device: torch.device,
+    noise_key: NoiseKey,
     privacy=None,
-    record: bool = True,
     progress: Progress = null_progress,
 ):
-    """Client ``cid``'s training in ``server_round``, from its own seed stream;
-    None when its privacy budget does not allow the round. The same call in
-    every engine is what makes a Flower run reproduce the simulation.
-    ``record=False``: the round was released before (a re-run after a crash,
-    with the same seeds and inputs, hence the same release): not counted twice."""
-    generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, server_round, cid))
+    """Client ``cid``'s training in ``server_round``; None when its privacy
+    budget does not allow the round. The same call in every engine is what
+    makes a Flower run reproduce the simulation.
+
+    Every draw (Poisson batches, t, noise, label dropout, DP noise) comes from
+    the client's secret ``noise_key``, never from the public run seed. Under
+    DP the round's inputs are digested: the same inputs again (a redo after a
+    crash) reproduce the recorded release and are not counted twice; other
+    inputs get fresh noise and a new ledger entry."""
+    attempt, released = 0, False
+    digest = ""
     stepper_factory = None
     if privacy is not None:
-        if record and not privacy.may_train(cid, server_round=server_round):
+        digest = inputs_digest("client-round", server_round, state, ema, ema_step)
+        attempt, released = privacy.release_attempt(cid, server_round=server_round, digest=digest)
+        if not released and not privacy.may_train(cid, server_round=server_round):
             return None
+    generator = noise_key.generator("client-round", server_round, attempt, device=device)
+    if privacy is not None:
         stepper_factory = privacy.stepper_factory(cid, generator)
     update = client_update(
         model,
@@ -154,8 +167,8 @@ def client_round(
         stepper_factory=stepper_factory,
         progress=progress,
     )
-    if privacy is not None and record:
-        privacy.record(cid, server_round=server_round, mechanisms=update.mechanisms)
+    if privacy is not None and not released:
+        privacy.record(cid, server_round=server_round, mechanisms=update.mechanisms, inputs=digest)
     return update
 
 
@@ -233,6 +246,7 @@ def run_simulation(
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_file(run_dir, _run_info(config, fed, spec))
+    noise_keys = load_or_create_simulation_keys(run_dir, range(len(fed.clients)), create=start_round == 1)
 
     plan = local_training(config, spec, strategy)
     tensors = [c.to_tensor() for c in fed.clients]
@@ -263,6 +277,7 @@ def run_simulation(
                 labels=labels,
                 alphas_cumprod=alphas_cumprod,
                 device=device,
+                noise_key=noise_keys[cid],
                 privacy=privacy,
                 progress=progress,
             )

@@ -58,4 +58,10 @@ def collect_ledgers(run_dir: str | Path, node_state_dirs: list[str | Path]) -> P
     ledger = PrivacyLedger(clients=dict(sorted(merged.items(), key=lambda kv: int(kv[0]))))
     target = round_dir / "ledger.json"
     write_json_atomic(target, ledger.to_dict())
+    # The model folders' own privacy statements follow the published ledgers,
+    # so a folder copied out of the run keeps its guarantee.
+    from synthfed.checkpoint import write_model_privacy
+
+    server_round = json.loads((round_dir / "state.json").read_text())["round"]
+    write_model_privacy(round_dir, run_dir, int(server_round), ledger.to_dict())
     return target

@@ -5,15 +5,18 @@ leaves it, everything it must remember between rounds:
 
     <state-dir>/<run-name>/
         node.json                       commit point: client id, the run's config,
-                                        EMA step per round, and the privacy ledger
+                                        EMA step per round, the privacy ledger and
+                                        the fingerprint of the node's data
+        noise-key.json                  the node's secret noise key (mode 0600)
         local/round-0003.safetensors    the local (never shared) weights after round 3
 
 A round is committed in that order (weights file, then ``node.json``, each
 atomically) *before* the reply leaves the node, so a node killed at any moment
 has a ledger that counts every round whose update could have been released.
-A round that is asked for again (the server resumed after a crash) starts from
-the node's state before that round and uses the same seeds, so it is the same
-release: it is trained again but not counted twice.
+A round that is asked for again with the same inputs (the server resumed
+after a crash) starts from the node's state before that round and uses the
+same key stream, so it is the same release: trained again, not counted twice.
+Asked with other inputs, it is a new release: fresh noise, counted.
 
 The training itself is ``synthfed.federated.simulation.client_round``: the
 exact call the in-process engine makes, so a Flower run reproduces it."""
@@ -40,6 +43,7 @@ from synthfed.federated.simulation import (
 from synthfed.io import write_bytes_atomic, write_json_atomic
 from synthfed.model.presets import ModelSpec
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
+from synthfed.privacy.noise_keys import load_or_create_node_key
 
 NODE_FILE = "node.json"
 KEEP_LOCAL_ROUNDS = 2
@@ -69,10 +73,13 @@ def node_dataset(config: TrainConfig, *, partition_id: int, data: str | None = N
 
 
 def describe(data: ImageDataset, partition_id: int) -> dict:
-    """What the server may learn about a node: sizes and shapes, never records."""
+    """What the server may learn about a node: sizes and shapes, never records
+    nor any function of them beyond the size (no hash of the data: with a
+    candidate dataset in hand, a hash confirms it). The node checks for itself
+    that its data did not change between rounds (``NodeState.fingerprint``)."""
     c, h, w = data.image_shape
     return {"client-id": partition_id, "num-examples": len(data), "channels": c, "height": h, "width": w,
-            "class-names": json.dumps(list(data.class_names)), "fingerprint": data.fingerprint()}
+            "class-names": json.dumps(list(data.class_names))}
 
 
 @dataclass
@@ -81,6 +88,7 @@ class NodeState:
     config: dict
     rounds: dict[int, int]  # round -> EMA step after it
     ledger: PrivacyLedger | None
+    fingerprint: str = ""  # of the node's own data; private state, never sent
 
 
 class NodeStore:
@@ -101,6 +109,7 @@ class NodeStore:
             config=raw["config"],
             rounds={int(r): int(s) for r, s in raw["rounds"].items()},
             ledger=None if raw.get("ledger") is None else PrivacyLedger.from_dict(raw["ledger"]),
+            fingerprint=str(raw.get("fingerprint", "")),
         )
 
     def local_file(self, server_round: int) -> Path:
@@ -129,6 +138,7 @@ class NodeStore:
             "config": state.config,
             "rounds": {str(r): s for r, s in sorted(state.rounds.items())},
             "ledger": None if state.ledger is None else state.ledger.to_dict(),
+            "fingerprint": state.fingerprint,
         })
 
 
@@ -146,6 +156,7 @@ class NodeTrainer:
         self.spec: ModelSpec = spec_from_shape(config, data.image_shape, data.class_names)
         self.model, self.init = initial_state(config, self.spec)
         self.state = self._open()
+        self._noise_key = None
         self.privacy = None
         if config.strategy == "pfdm":
             self._setup_pfdm(t0, max_epsilon)
@@ -163,8 +174,8 @@ class NodeTrainer:
             self.state.ledger = self.privacy.ledger
 
     def _setup_pfdm(self, t0: int | None, max_epsilon: float | None) -> None:
-        from synthfed.federated.pfdm import pfdm_ledger, pfdm_plans, resolve_clip_norm
-        from synthfed.privacy.calibration import default_delta
+        from synthfed.federated.pfdm import pfdm_ledger, pfdm_plans
+        from synthfed.privacy.planner import client_delta, resolve_clip_norm
         from synthfed.privacy.forward_noise import upload_epsilon
 
         config = self.config
@@ -174,7 +185,7 @@ class NodeTrainer:
         self.t0, self.clip = t0, resolve_clip_norm(config, self.data.image_shape)
         self.alpha_bar_t0 = float(acp[t0])
         n = len(self.data)
-        delta = config.delta if config.delta is not None else default_delta(n)
+        delta = client_delta(config, n)
         if config.epsilon is not None:
             # The server picks t0 for everyone; the node checks it meets its own (ε, δ).
             report = upload_epsilon(acp, t0, delta=delta, clip_norm=self.clip, copies=config.upload_copies,
@@ -205,27 +216,49 @@ class NodeTrainer:
                             f"max-epsilon {max_epsilon}; refusing to upload")
 
     def upload(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """PFDM's one release: the forward-noised images at t0 (and labels), the
-        same tensors however often it is asked; recorded once, before it leaves."""
-        from synthfed.federated.pfdm import client_uploads, record_uploads
+        """PFDM's one release: the forward-noised images at t0 (and labels),
+        recorded before it leaves. Asked again with the same t0 and clip: the
+        same tensors, not counted again. Asked with other values: a new release
+        with fresh noise, counted, and refused if it would exceed the budget."""
+        from synthfed.federated.pfdm import client_uploads, record_uploads, upload_attempt
+        from synthfed.privacy.forward_noise import upload_mechanisms
 
-        images, labels = self.data.to_tensor()
-        x, y = client_uploads(self.config, self.cid, images, labels, t0=self.t0, clip=self.clip,
-                              alpha_bar_t0=self.alpha_bar_t0, num_classes=len(self.spec.class_names))
         ledger = self.ledger
-        if not any(e.note.startswith("forward-noise upload") for e in ledger.entries):
+        attempt, recorded = upload_attempt(ledger, self.config, t0=self.t0, clip=self.clip)
+        if not recorded:
+            if attempt > 0 and ledger.would_exceed(upload_mechanisms(
+                    self.alpha_bar_t0, clip_norm=self.clip, copies=self.config.upload_copies,
+                    label_epsilon=self.config.label_epsilon)):
+                raise NodeError(f"the server asks for a second upload (t0={self.t0}) after this node uploaded at "
+                                "another t0; the two would exceed its privacy budget: refusing")
             record_uploads(ledger, self.config, t0=self.t0, clip=self.clip, alpha_bar_t0=self.alpha_bar_t0)
             self.store.commit_state(self.state)
-        return x, y
+        images, labels = self.data.to_tensor()
+        return client_uploads(self.config, images, labels, t0=self.t0, clip=self.clip, alpha_bar_t0=self.alpha_bar_t0,
+                              num_classes=len(self.spec.class_names), noise_key=self.noise_key, attempt=attempt)
 
     def _open(self) -> NodeState:
         saved = self.store.load()
+        fingerprint = self.data.fingerprint()
         if saved is None:
-            return NodeState(client_id=self.cid, config=self.config.to_dict(), rounds={}, ledger=None)
+            return NodeState(client_id=self.cid, config=self.config.to_dict(), rounds={}, ledger=None,
+                             fingerprint=fingerprint)
         if saved.client_id != self.cid or saved.config != self.config.to_dict():
             raise NodeError(f"{self.store.dir} holds another run (other client id or configuration); "
                             "use another run name or state directory")
+        if saved.fingerprint and saved.fingerprint != fingerprint:
+            raise NodeError(f"this node's data changed since {self.store.dir} started the run; "
+                            "serve the run with the data it started with")
+        saved.fingerprint = saved.fingerprint or fingerprint
         return saved
+
+    @property
+    def noise_key(self):
+        """The node's secret key, made the first time it adds noise (a node that
+        refuses the run at set-up leaves nothing behind)."""
+        if self._noise_key is None:
+            self._noise_key = load_or_create_node_key(self.store.dir)
+        return self._noise_key
 
     @property
     def ledger(self) -> ClientLedger | None:
@@ -253,21 +286,15 @@ class NodeTrainer:
             raise NodeError(f"the server sent other shared entries than this run's strategy shares "
                             f"({len(missing)} missing)")
         local, local_ema, ema_step = self._start(server_round)
-        # This round's DP-SGD release is already in the ledger (a re-run): not
-        # counted twice. Only DP-SGD entries count here: PFDM's upload is also
-        # recorded at round 1 and must not hide round 1's training.
-        from synthfed.privacy.training import DP_SGD_NOTE
-
-        ledger = self.ledger
-        released_before = ledger is not None and any(
-            e.round == server_round and e.note == DP_SGD_NOTE for e in ledger.entries)
+        # A round asked again with the same inputs is the same release (not
+        # counted twice); with other inputs it is a new one: client_round.
         images, labels = self.data.to_tensor()
         kwargs = {} if progress is None else {"progress": progress}
         update = client_round(
             self.model, config=self.config, plan=self.plan, cid=self.cid,
             server_round=server_round, state={**shared, **local}, ema={**shared_ema, **local_ema}, ema_step=ema_step,
             images=images, labels=labels, alphas_cumprod=self.config.schedule().alphas_cumprod(),
-            device=resolve_device(self.config.device), privacy=self.privacy, record=not released_before, **kwargs)
+            device=resolve_device(self.config.device), noise_key=self.noise_key, privacy=self.privacy, **kwargs)
         if update is None:
             return None
         self.state.rounds[server_round] = update.ema_step

@@ -17,7 +17,8 @@ import torch
 from flwr.common import parameters_to_ndarrays
 
 from synthfed.checkpoint import RoundCheckpoint, latest_round_dir, load_round, save_round
-from synthfed.federated.pfdm import SERVER, pfdm_chosen, pfdm_plans, plan_t0, train_shared
+from synthfed.federated.pfdm import SERVER, pfdm_chosen, pfdm_plans, train_shared
+from synthfed.privacy.planner import plan_t0
 from synthfed.federated.simulation import initial_state, resolve_device
 from synthfed.flower.records import no_parameters, train_ins
 from synthfed.progress import Message as Note

@@ -8,7 +8,8 @@ so names never need to travel. Local (head) entries are never in the list.
 
 Query messages carry the run's configuration to a node and bring back what
 the server may know of it: its client id, record count, image shape, class
-names and data fingerprint. Never a record."""
+names. Never a record, nor a hash of the records (the node checks its own
+data did not change)."""
 
 from __future__ import annotations
 

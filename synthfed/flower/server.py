@@ -97,8 +97,8 @@ class FlowerServer:
             if cid in self.nodes and self.nodes[cid] != nid and self.nodes[cid] in self._live():
                 raise RuntimeError(f"two nodes claim client {cid} ({self.nodes[cid]} and {nid}); "
                                    "give each SuperNode its own partition-id")
-            if cid in self.described and self.described[cid]["fingerprint"] != d["fingerprint"]:
-                raise RuntimeError(f"client {cid} came back with other data than it started with")
+            if cid in self.described and self.described[cid]["num-examples"] != d["num-examples"]:
+                raise RuntimeError(f"client {cid} came back with another number of records than it started with")
             self.nodes[cid] = nid
             self.described[cid] = d
 
@@ -255,8 +255,7 @@ class FlowerServer:
             "model": spec.to_dict(),
             "data": "held by the Flower nodes",
             "flower": {"run-name": self.options.run_name, "secagg": self.options.secagg},
-            "clients": [{"id": cid, "n": int(d["num-examples"]), "fingerprint": d["fingerprint"]}
-                        for cid, d in sorted(self.described.items())],
+            "clients": [{"id": cid, "n": int(d["num-examples"])} for cid, d in sorted(self.described.items())],
             **(extra or {}),
         })
         return [], 1
