@@ -240,3 +240,67 @@ def test_flower_app_command_writes_an_app_whose_config_is_the_run(tmp_path):
     bad = runner.invoke(app, ["flower", "app", "--app-dir", str(tmp_path / "a2"), "--out", "r", "--strategy", "local",
                               "--secagg"])
     assert bad.exit_code == 2 and "averages nothing" in bad.output
+
+
+def _ask(grid, nid, fitins):
+    from flwr.app import Message, MessageType
+
+    from synthfed.flower.records import fitins_to_content
+
+    (reply,) = grid.send_and_receive([Message(fitins_to_content(fitins), dst_node_id=nid,
+                                              message_type=MessageType.TRAIN)])
+    return reply
+
+
+def test_a_curious_server_asking_a_round_again_gets_the_same_release_or_a_counted_one(tmp_path):
+    # Prepare: one node of a 2-round DP run, the server's round-1 weights, as messages over the loopback
+    from synthfed.federated.simulation import initial_state, spec_from_shape
+    from synthfed.flower.records import content_to_fitres, parameters_to_ndarrays, state_to_parameters, train_ins
+
+    config = TrainConfig(**TINY, strategy="fedavg", epsilon=8.0).validate()
+    grid = _grid(tmp_path, 1)
+    data = node_dataset(config, partition_id=0)
+    _, init = initial_state(config, spec_from_shape(config, data.image_shape, data.class_names))
+    keys = sorted(init)
+    cfg = json.dumps(config.to_dict())
+
+    def ask(weights):
+        ins = train_ins(state_to_parameters(keys, weights, weights), server_round=1, run_name="demo", config_json=cfg)
+        return parameters_to_ndarrays(content_to_fitres(_ask(grid, 101, ins).content).parameters)
+
+    # Execute: the same round twice with the same weights, then with other weights
+    first, again = ask(init), ask(init)
+    entries_after_repeat = len(_node_ledger(tmp_path, 0)["entries"])
+    ask({k: v + 0.01 for k, v in init.items()})
+    # Assert: the repeat is the same release, uncounted; other weights are a new, counted release
+    assert all((a == b).all() for a, b in zip(first, again))
+    assert entries_after_repeat == 1
+    entries = _node_ledger(tmp_path, 0)["entries"]
+    assert len(entries) == 2 and entries[0]["inputs"] != entries[1]["inputs"]
+
+
+def test_a_curious_server_asking_a_pfdm_upload_again_gets_the_same_one_and_at_another_t0_a_refusal(tmp_path):
+    from synthfed.flower.records import content_to_fitres, no_parameters, parameters_to_ndarrays, train_ins
+    from synthfed.privacy.planner import plan_t0
+
+    # Prepare
+    config = TrainConfig(**{**TINY, "num_train_timesteps": 1000}, strategy="pfdm", epsilon=8.0,
+                         public_labels=True).validate()
+    grid = _grid(tmp_path, 1)
+    data = node_dataset(config, partition_id=0)
+    t0, _ = plan_t0(config, [len(data)], data.image_shape, config.schedule().alphas_cumprod())
+    cfg = json.dumps(config.to_dict())
+
+    def ask(t):
+        return _ask(grid, 101, train_ins(no_parameters(), server_round=1, run_name="demo", config_json=cfg,
+                                         stage="upload", t0=t))
+
+    # Execute
+    a, b = ask(t0), ask(t0)
+    other = ask(t0 + 5)  # a t0 with more noise still meets epsilon alone, but not on top of the first upload
+    # Assert
+    xa = parameters_to_ndarrays(content_to_fitres(a.content).parameters)
+    xb = parameters_to_ndarrays(content_to_fitres(b.content).parameters)
+    assert all((u == v).all() for u, v in zip(xa, xb))
+    assert other.has_error() and "second upload" in other.error.reason
+    assert len(_node_ledger(tmp_path, 0)["entries"]) == 1
