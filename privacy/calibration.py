@@ -24,6 +24,7 @@ import numbers
 from scipy import optimize
 from scipy.stats import norm
 
+from synthfed.errors import UsageError
 from .accountant import _AIM, _START, TAIL_MASS, Gaussian, SubsampledGaussian, _interval_floor, _pld_upper
 
 __all__ = [
@@ -37,7 +38,7 @@ _COARSE, _MEDIUM = 10.0, 2.0
 _REL_TOL = 1e-3  # returned sigma is within this relative distance of the smallest admissible one
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UsageError):
     """The privacy target cannot be met, or is not a meaningful target."""
 
 

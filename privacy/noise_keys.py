@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from synthfed.errors import SynthfedError
+
 KEY_BYTES = 32
 PRIVATE_DIR = "private"
 SIMULATION_KEYS_FILE = "noise-keys.json"
@@ -42,7 +44,7 @@ NODE_KEY_FILE = "noise-key.json"
 KEYS_FORMAT = 1
 
 
-class NoiseKeyError(RuntimeError):
+class NoiseKeyError(SynthfedError, RuntimeError):
     """A key file is missing, unreadable or too open to be trusted."""
 
 

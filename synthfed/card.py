@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthfed.errors import UsageError
 from synthfed.privacy.accountant import ADJACENCY, UNIT_OF_PRIVACY
 
 COUNT_MODES = ("uniform", "match-real")
@@ -42,7 +43,7 @@ MATCH_REAL_REFUSED = (
 )
 
 
-class NonPrivateOutputRefused(ValueError):
+class NonPrivateOutputRefused(UsageError):
     """Refused to write a dataset not covered by DP without the explicit flag."""
 
 

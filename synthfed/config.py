@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from synthfed.diffusion.schedule import NoiseSchedule
+from synthfed.errors import UsageError
 from synthfed.model.presets import PRESETS
 
 STRATEGIES = ("fedavg", "centralized", "local", "fedper", "fedrep", "pfdm")
@@ -19,7 +20,7 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """An option value that cannot work; the message names the option."""
 
 

@@ -12,10 +12,12 @@ from typing import Sequence
 
 import numpy as np
 
+from synthfed.errors import InputError
+
 __all__ = ["DataError", "ImageDataset", "concat"]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad user data; the message names the file or client at fault.
 
     A subclass of ``ValueError`` so generic callers still catch it, while the

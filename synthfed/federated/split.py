@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from synthfed.errors import UsageError
+
 HEAD_PRESETS: dict[str, tuple[str, ...]] = {
     # The decoder half and the output layer: FedPer's "personalization layers"
     # taken as the whole up path of the U-Net.
@@ -23,7 +25,7 @@ HEAD_PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-class SplitError(ValueError):
+class SplitError(UsageError):
     """A backbone/head split that does not describe a proper partition."""
 
 

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from synthfed.config import TrainConfig
 from synthfed.data import ImageDataset, load_source
+from synthfed.errors import SynthfedError
 from synthfed.federated.simulation import (
     build_strategy,
     client_round,
@@ -49,7 +50,7 @@ NODE_FILE = "node.json"
 KEEP_LOCAL_ROUNDS = 2
 
 
-class NodeError(RuntimeError):
+class NodeError(SynthfedError, RuntimeError):
     """The node cannot serve this request (wrong run, wrong data, bad config)."""
 
 
