@@ -31,3 +31,9 @@ class IntegrityError(SynthfedError):
 
 class RunLocked(SynthfedError):
     """Another process owns this run or output directory (exit 1)."""
+
+
+class DataNote(UserWarning):
+    """Something the core changed in the user's input and the user should know
+    (images resized, colour modes converted). The core never prints: it emits
+    ``warnings.warn(text, DataNote)`` and the CLI prints each as one "note:" line."""
