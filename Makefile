@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,flower]"
 	touch $(STAMP)
 
+# The demo clears DEMO_DIR only if a previous demo made it (.synthfed-demo in it);
+# any other non-empty folder is refused, never deleted.
 demo: setup
 	$(BIN)/python -m synthfed.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
@@ -36,4 +38,6 @@ bench: setup
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	# Only a folder the demo made (it carries the demo's marker): never someone else's files.
+	test ! -f $(DEMO_DIR)/.synthfed-demo || rm -rf $(DEMO_DIR)
+	rm -rf .pytest_cache

@@ -1,8 +1,10 @@
 """The ``synthfed`` command line: option parsing and rendering only.
 
 Every value is validated here (``TrainConfig.validate``) so that the core can
-trust its inputs; a bad value ends the command with one line on stderr and
-exit code 2."""
+trust its inputs. Errors are not handled per command: every command runs
+inside the one boundary of ``synthfed.cli.errors`` (the root group's class),
+which prints one line and exits 2 for a usage error, 1 for bad data or a
+runtime failure."""
 
 from __future__ import annotations
 
@@ -15,30 +17,35 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthfed.cli.errors import DEBUG_ENV, SynthfedGroup
 from synthfed.cli.render import RichProgress
-from synthfed.config import ConfigError, TrainConfig
-from synthfed.data import DataError
+from synthfed.config import ConfigError, TrainConfig, check_device
+from synthfed.errors import UsageError
 
 app = typer.Typer(
+    cls=SynthfedGroup,
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold data and keys; --debug shows the traceback without them
     help="Federated, differentially private diffusion models that release shareable synthetic image datasets.",
 )
 out = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    raise typer.Exit(code)
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
+                               help="On an error, show the full traceback instead of one line (any position)."),
+) -> None:
+    """(The root's help is the app's.) Nothing to do here: SynthfedGroup reads --debug from the parsed options."""
 
 
 def parse_participation(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        fail(f"--participation must be a fraction like 0.5 or a count like 3, not {text!r}")
-    return value
+        raise ConfigError(f"--participation must be a fraction like 0.5 or a count like 3, not {text!r}") from None
 
 
 def train_config(p: dict) -> TrainConfig:
@@ -92,23 +99,20 @@ def train(
     precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast; clipping stays fp32)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     seed: int = typer.Option(0, help="Seed of the partition, initialisation and every draw."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last complete round (other options are ignored)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last complete round, as it was started (other options are ignored, with a note; a changed --epsilon or --delta is refused)."),
 ) -> None:
     """Train a class-conditional DDPM across clients without moving their images."""
     from synthfed.train import train as run_train
 
-    try:
-        if resume is not None:
-            from synthfed.checkpoint import read_run_file
+    ctx = click.get_current_context()
+    if resume is not None:
+        from synthfed.cli.resume import resumed_config
 
-            config = TrainConfig.from_dict(read_run_file(resume)["config"]).validate()
-            out_dir = resume
-        else:
-            config = train_config(click.get_current_context().params)
-        with RichProgress(err) as progress:
-            result = run_train(config, out_dir, resume=resume is not None, progress=progress)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+        config, out_dir = resumed_config(ctx, resume), resume
+    else:
+        config = train_config(ctx.params)
+    with RichProgress(err) as progress:
+        result = run_train(config, out_dir, resume=resume is not None, progress=progress)
     last = result.history[-1]
     out.print(f"trained {result.rounds_completed} rounds; last mean loss {last['mean_loss']}")
     out.print(f"run directory: {result.run_dir}")
@@ -144,43 +148,40 @@ def generate(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ) -> None:
     """Sample a trained model into PNGs with a manifest."""
+    from synthfed.card import NOT_DP, counts_origin, privacy_label, resolve_class_counts
     from synthfed.diffusion import DDPM_VARIANCES, SAMPLERS
     from synthfed.federated.simulation import resolve_device
     from synthfed.generate import generate_dataset, load_generator
 
     if per_class < 1:
-        fail("--per-class must be at least 1")
+        raise UsageError("--per-class must be at least 1")
     if sampler not in SAMPLERS:
-        fail(f"--sampler must be one of {', '.join(SAMPLERS)}")
+        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}")
     if ddpm_variance not in DDPM_VARIANCES:
-        fail(f"--ddpm-variance must be one of {', '.join(DDPM_VARIANCES)}")
+        raise UsageError(f"--ddpm-variance must be one of {', '.join(DDPM_VARIANCES)}")
     if steps < 1 or batch_size < 1 or guidance < 0:
-        fail("--steps and --batch-size must be at least 1 and --guidance non-negative")
-    from synthfed.card import NOT_DP, counts_origin, privacy_label, resolve_class_counts
+        raise UsageError("--steps and --batch-size must be at least 1 and --guidance non-negative")
+    check_device(device)
+    gen = load_generator(model, client=client, use_ema=not no_ema)
+    if steps > gen.schedule.num_train_timesteps:
+        raise UsageError(f"--steps must be at most the model's T = {gen.schedule.num_train_timesteps}")
+    run_info = None
+    if gen.run_dir is not None:
+        from synthfed.checkpoint import read_run_file
 
-    try:
-        gen = load_generator(model, client=client, use_ema=not no_ema)
-        if steps > gen.schedule.num_train_timesteps:
-            fail(f"--steps must be at most the model's T = {gen.schedule.num_train_timesteps}")
-        run_info = None
-        if gen.run_dir is not None:
-            from synthfed.checkpoint import read_run_file
-
-            run_info = read_run_file(gen.run_dir)
-        class_counts = resolve_class_counts(counts, num_classes=gen.spec.num_classes, class_names=gen.spec.class_names,
-                                            per_class=per_class, run_info=run_info, client=client,
-                                            differentially_private=bool(gen.privacy.get("differentially_private")),
-                                            allow_non_private=allow_non_private)
-        with RichProgress(err) as progress:
-            path = generate_dataset(
-                gen, out_dir, per_class=per_class, counts=class_counts, allow_non_private=allow_non_private,
-                counts_source=counts_origin(counts, client), real_counts=counts == "match-real",
-                sampler=sampler, num_steps=steps, guidance_scale=guidance,
-                ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=resolve_device(device),
-                progress=progress,
-            )
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        fail(str(exc))
+        run_info = read_run_file(gen.run_dir)
+    class_counts = resolve_class_counts(counts, num_classes=gen.spec.num_classes, class_names=gen.spec.class_names,
+                                        per_class=per_class, run_info=run_info, client=client,
+                                        differentially_private=bool(gen.privacy.get("differentially_private")),
+                                        allow_non_private=allow_non_private)
+    with RichProgress(err) as progress:
+        path = generate_dataset(
+            gen, out_dir, per_class=per_class, counts=class_counts, allow_non_private=allow_non_private,
+            counts_source=counts_origin(counts, client), real_counts=counts == "match-real",
+            sampler=sampler, num_steps=steps, guidance_scale=guidance,
+            ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=resolve_device(device),
+            progress=progress,
+        )
     out.print(f"wrote {sum(class_counts)} images to {path / 'images'}")
     out.print(f"manifest: {path / 'manifest.csv'} (and .parquet); dataset card: {path / 'CARD.md'}")
     out.print(f"sample grid: {path / 'grid.png'}")
@@ -203,13 +204,10 @@ def partition(
     """Print the class counts per client of a partition."""
     from synthfed.train import load_federated_data
 
-    try:
-        config = TrainConfig(
-            data=data, num_clients=clients, partition=scheme, alpha=alpha, min_partition_size=min_partition_size, seed=seed
-        ).validate()
-        fed = load_federated_data(config)
-    except (ConfigError, DataError, ValueError) as exc:
-        fail(str(exc))
+    config = TrainConfig(
+        data=data, num_clients=clients, partition=scheme, alpha=alpha, min_partition_size=min_partition_size, seed=seed
+    ).validate()
+    fed = load_federated_data(config)
     stats = fed.stats()
     table = Table(title=fed.description)
     table.add_column("client")

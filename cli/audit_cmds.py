@@ -12,13 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthfed.errors import InputError, UsageError
+
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _unique_names(dirs: list[Path]) -> list[str]:
@@ -34,9 +31,9 @@ def _unique_names(dirs: list[Path]) -> list[str]:
 
 def _check_dataset_dir(path: Path, what: str) -> None:
     if not path.is_dir():
-        _fail(f"{what} {path}: not a directory")
+        raise InputError(f"{what} {path}: not a directory")
     if not (path / "manifest.csv").is_file():
-        _fail(f"{what} {path}: not a generated dataset (no manifest.csv); make one with `synthfed generate`")
+        raise InputError(f"{what} {path}: not a generated dataset (no manifest.csv); make one with `synthfed generate`")
 
 
 def audit(
@@ -52,59 +49,56 @@ def audit(
     max_real_train: Optional[int] = typer.Option(None, help="Train the real-data baselines and the judge on at most this many images (stratified; for speed on large data)."),
     no_mia: bool = typer.Option(False, "--no-mia", help="Skip the membership-inference attack."),
     include_real_images: bool = typer.Option(False, "--include-real-images", help="Embed the nearest real training images and the real class histogram (the report is then marked 'contains personal data: do not share')."),
+    real_mismatch_ok: bool = typer.Option(False, "--real-mismatch-ok", help="Audit against real data other than the run's training data (the report is stamped so)."),
     seed: int = typer.Option(0, help="Seed of the validation splits, classifiers and attack noise."),
 ) -> None:
     """Audit a synthetic dataset: downstream utility on real test data, per-class fairness, memorization and membership inference."""
     from synthfed.cli.render import RichProgress
-    from synthfed.config import ConfigError
-    from synthfed.data import DataError
     from synthfed.fairness.audit import run_audit
     from synthfed.fairness.classifiers import FAMILIES
 
     families = tuple(f.strip() for f in classifiers.split(",") if f.strip())
     if not families or any(f not in FAMILIES for f in families):
-        _fail(f"--classifiers must be a comma-separated subset of {', '.join(FAMILIES)}, not {classifiers!r}")
+        raise UsageError(f"--classifiers must be a comma-separated subset of {', '.join(FAMILIES)}, not {classifiers!r}")
     try:
         epochs = tuple(int(e) for e in cnn_epochs.split(",") if e.strip())
     except ValueError:
         epochs = ()
     if not epochs or min(epochs) < 1:
-        _fail(f"--cnn-epochs must be positive whole numbers like 3,10, not {cnn_epochs!r}")
+        raise UsageError(f"--cnn-epochs must be positive whole numbers like 3,10, not {cnn_epochs!r}")
     if judge_epochs < 1:
-        _fail("--judge-epochs must be at least 1")
+        raise UsageError("--judge-epochs must be at least 1")
     if max_real_train is not None and max_real_train < 20:
-        _fail("--max-real-train must be at least 20")
+        raise UsageError("--max-real-train must be at least 20")
     _check_dataset_dir(dataset_dir, "dataset")
     compare = list(compare or [])
     for c in compare:
         _check_dataset_dir(c, "--compare dataset")
     if run is not None and not (run / "run.json").is_file():
-        _fail(f"--run {run}: not a synthfed run directory (no run.json)")
+        raise InputError(f"--run {run}: not a synthfed run directory (no run.json)")
     if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"--out {out_dir}: exists and is not a directory")
+        raise InputError(f"--out {out_dir}: exists and is not a directory")
     names = _unique_names([dataset_dir, *compare])
     if reference is not None and reference not in names:
-        _fail(f"--reference {reference!r} is not one of the audited datasets: {', '.join(names)}")
+        raise UsageError(f"--reference {reference!r} is not one of the audited datasets: {', '.join(names)}")
     if reference is not None and not compare:
-        _fail("--reference needs --compare")
+        raise UsageError("--reference needs --compare")
     from synthfed.fairness.release import check_report_dir
 
     try:  # before any long work: a report inside the dataset or a run would ship with it
         check_report_dir(out_dir, datasets=[dataset_dir, *compare], run=run)
-    except ValueError as exc:
-        _fail(str(exc))
+    except ValueError as exc:  # it checks the --out option: a usage error
+        raise UsageError(str(exc)) from None
 
     common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, judge_epochs=judge_epochs,
-                  max_real_train=max_real_train, mia=not no_mia, include_real_images=include_real_images)
-    try:
-        with RichProgress(err) as progress:
-            others = {}
-            for name, c in zip(names[1:], compare):
-                others[name] = run_audit(c, out_dir=out_dir / "compared" / name, name=name, progress=progress, **common)
-            report = run_audit(dataset_dir, out_dir=out_dir, run_dir=run, name=names[0], compare_with=others or None,
-                               reference=reference, progress=progress, **common)
-    except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+                  max_real_train=max_real_train, mia=not no_mia, include_real_images=include_real_images,
+                  allow_real_mismatch=real_mismatch_ok)
+    with RichProgress(err) as progress:
+        others = {}
+        for name, c in zip(names[1:], compare):
+            others[name] = run_audit(c, out_dir=out_dir / "compared" / name, name=name, progress=progress, **common)
+        report = run_audit(dataset_dir, out_dir=out_dir, run_dir=run, name=names[0], compare_with=others or None,
+                           reference=reference, progress=progress, **common)
 
     for key in ("utility", "fairness", "privacy"):
         s = report["summary"][key]

@@ -36,24 +36,21 @@ def compare(
     """Train each strategy on the same split with the same compute and tabulate classifier-feature FID."""
     from synthfed.compare import COMPARABLE, SamplingPlan, run_comparison
     from synthfed.cli.render import RichProgress
-    from synthfed.config import ConfigError, TrainConfig
-    from synthfed.data import DataError
+    from synthfed.config import TrainConfig
+    from synthfed.errors import UsageError
 
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
     unknown = [s for s in chosen if s not in COMPARABLE]
     if unknown or not chosen:
-        err.print(f"[red]error:[/red] --strategies takes {', '.join(COMPARABLE)}; got {unknown or 'nothing'}")
-        raise typer.Exit(2)
-    try:
-        base = TrainConfig(data=data, num_clients=clients, alpha=alpha, max_client_size=max_client_size, rounds=rounds,
-                           local_epochs=local_epochs, batch_size=batch_size, lr=lr, preset=preset, image_size=image_size,
-                           head=head, epsilon=epsilon, seed=seed, ema_decay=0.995).validate()
-        with RichProgress(err) as progress:
-            table = run_comparison(base, out_dir, strategies=chosen, pfdm_epsilon=pfdm_epsilon,
-                                   sampling=SamplingPlan(per_class=per_class, steps=steps, seed=seed), progress=progress)
-    except (ConfigError, DataError, ValueError, FileExistsError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
+        raise UsageError(f"--strategies takes {', '.join(COMPARABLE)}; got {', '.join(unknown) or 'nothing'}")
+    if "pfdm" in chosen and pfdm_epsilon is None and epsilon is None:
+        raise UsageError("pfdm needs --pfdm-epsilon (or --epsilon) so the accountant can pick t0")
+    base = TrainConfig(data=data, num_clients=clients, alpha=alpha, max_client_size=max_client_size, rounds=rounds,
+                       local_epochs=local_epochs, batch_size=batch_size, lr=lr, preset=preset, image_size=image_size,
+                       head=head, epsilon=epsilon, seed=seed, ema_decay=0.995).validate()
+    with RichProgress(err) as progress:
+        table = run_comparison(base, out_dir, strategies=chosen, pfdm_epsilon=pfdm_epsilon,
+                               sampling=SamplingPlan(per_class=per_class, steps=steps, seed=seed), progress=progress)
     view = Table(title=f"strategies on {data}, K={clients}, alpha={alpha}")
     for col in table.columns:
         view.add_column(str(col), justify="right")

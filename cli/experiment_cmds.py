@@ -13,15 +13,11 @@ from rich.console import Console
 
 experiment_app = typer.Typer(
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
     help="Experiment grids from TOML configs: run (resumable) and tabulate mean ± std over seeds.",
 )
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 @experiment_app.command("run")
@@ -33,16 +29,12 @@ def run(
 ) -> None:
     """Run every cell of CONFIG not yet done, then write results.csv, table.csv and table.md."""
     from synthfed.cli.render import RichProgress
-    from synthfed.config import ConfigError
-    from synthfed.data import DataError
+    from synthfed.errors import UsageError
     from synthfed.experiment import RESULT_FILE, expand_grid, load_experiment, run_experiment
 
     if max_cells is not None and max_cells < 1:
-        _fail("--max-cells must be at least 1")
-    try:
-        config = load_experiment(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
+        raise UsageError("--max-cells must be at least 1")
+    config = load_experiment(config_path)
     out_dir = out_dir or Path("experiments") / config.name
     cells = expand_grid(config)
     done = [c for c in cells if (out_dir / "cells" / c.id / RESULT_FILE).is_file()]
@@ -54,11 +46,8 @@ def run(
             mark = "done" if c in done else "todo"
             out.print(f"  {mark}  {c.id}", highlight=False)
         return
-    try:
-        with RichProgress(err) as progress:
-            result = run_experiment(config, out_dir, progress=progress, stop_after_cells=max_cells)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
-        _fail(str(exc))
+    with RichProgress(err) as progress:
+        result = run_experiment(config, out_dir, progress=progress, stop_after_cells=max_cells)
     typer.echo(result.table_md)
     state = "complete" if result.complete else f"stopped after {len(result.ran)} cells (run again to continue)"
     out.print(
@@ -74,12 +63,8 @@ def table(
     out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="An experiment folder written by `experiment run`."),
 ) -> None:
     """Rewrite and print the tables of an experiment folder from its finished cells."""
-    from synthfed.config import ConfigError
     from synthfed.experiment import load_experiment_dir, write_tables
 
-    try:
-        config = load_experiment_dir(out_dir)
-        md = write_tables(config, out_dir)
-    except (ConfigError, OSError, ValueError) as exc:
-        _fail(str(exc))
+    config = load_experiment_dir(out_dir)
+    md = write_tables(config, out_dir)
     typer.echo(md)

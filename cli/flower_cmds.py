@@ -14,10 +14,12 @@ from typing import Optional
 
 import typer
 
-from synthfed.cli.app import err, fail, out
-from synthfed.config import ConfigError, TrainConfig
+from synthfed.cli.app import err, out
+from synthfed.config import TrainConfig
+from synthfed.errors import InputError, SynthfedError, UsageError
 
-flower_app = typer.Typer(no_args_is_help=True, help="Run synthfed on Flower: SuperLink, SuperNodes, SecAgg+.")
+flower_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                         help="Run synthfed on Flower: SuperLink, SuperNodes, SecAgg+.")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -25,23 +27,21 @@ def _need_flower() -> None:
     try:
         import flwr  # noqa: F401
     except ImportError:
-        fail("Flower is not installed: pip install 'synthfed[flower]'")
+        raise SynthfedError("Flower is not installed: pip install 'synthfed[flower]'") from None
 
 
-def _train_options(args: list[str]) -> TrainConfig:
-    """``synthfed train``'s options, parsed by the train command itself."""
+def _train_options(name: str, args: list[str], resume_from: Optional[Path] = None) -> TrainConfig:
+    """``synthfed train``'s options, parsed by the train command itself (its
+    usage errors reach the CLI's error boundary as they are). With
+    ``resume_from``: that run's own configuration, as ``train --resume`` gives it."""
     from synthfed.cli.app import app, train_config
+    from synthfed.cli.resume import resumed_config
 
     command = typer.main.get_command(app).get_command(None, "train")
-    try:
-        with command.make_context("synthfed flower", list(args)) as ctx:
-            if ctx.params.get("resume") is not None:
-                fail("use --resume of synthfed flower run (the nodes keep their state by run name)")
-            return train_config(ctx.params)
-    except typer.Exit:
-        raise
-    except Exception as exc:  # click usage errors
-        fail(str(getattr(exc, "format_message", lambda: exc)()))
+    with command.make_context(name, list(args)) as ctx:
+        if ctx.params.get("resume") is not None:
+            raise UsageError("use --resume of synthfed flower run (the nodes keep their state by run name)")
+        return train_config(ctx.params) if resume_from is None else resumed_config(ctx, resume_from)
 
 
 def _stop_on_signals() -> None:
@@ -82,15 +82,9 @@ def run(
     from synthfed.flower.deploy import Deployment, write_app
     from synthfed.flower.run_config import to_run_config
 
-    config = _train_options(ctx.args)
-    if resume and out_dir.exists():  # the run's own configuration, as synthfed train --resume
-        from synthfed.checkpoint import read_run_file
-
-        config = TrainConfig.from_dict(read_run_file(out_dir)["config"]).validate()
-    try:
-        options = _options(out_dir, run_name, secagg, min_clients, round_timeout, resume, config)
-    except ConfigError as exc:
-        fail(str(exc))
+    # --resume: the run's own configuration, as synthfed train --resume
+    config = _train_options("synthfed flower run", ctx.args, out_dir if resume and out_dir.exists() else None)
+    options = _options(out_dir, run_name, secagg, min_clients, round_timeout, resume, config)
     root = (work_dir or out_dir / "flower").resolve()
     _stop_on_signals()
     with Deployment(root) as deployment:
@@ -101,7 +95,7 @@ def run(
         app_dir = write_app(root / "app", to_run_config(config, options))
         status = deployment.run(app_dir, on_line=lambda line: err.print(line, markup=False, highlight=False))
     if status.get("status") != "finished:completed":
-        fail(f"the Flower run ended {status.get('status')}: {status.get('status-details')}", code=1)
+        raise SynthfedError(f"the Flower run ended {status.get('status')}: {status.get('status-details')}")
     out.print(f"run directory: {options.run_dir}")
     out.print(f"node state (private to each institution): {state_dir.resolve()}/node-*/{options.run_name}")
 
@@ -120,11 +114,8 @@ def app_command(
     from synthfed.flower.deploy import write_app
     from synthfed.flower.run_config import to_run_config
 
-    config = _train_options(ctx.args)
-    try:
-        options = _options(out_dir, run_name, secagg, min_clients, round_timeout, False, config)
-    except ConfigError as exc:
-        fail(str(exc))
+    config = _train_options("synthfed flower app", ctx.args)
+    options = _options(out_dir, run_name, secagg, min_clients, round_timeout, False, config)
     write_app(app_dir, to_run_config(config, options))
     out.print(f"wrote {app_dir / 'pyproject.toml'}")
 
@@ -168,7 +159,7 @@ def node(
     deployment = Deployment(work_dir.resolve())
     host, _, port = superlink.rpartition(":")
     if not host or not port.isdigit():
-        fail(f"--superlink must be HOST:PORT, not {superlink!r}")
+        raise UsageError(f"--superlink must be HOST:PORT, not {superlink!r}")
     deployment.port = int(port)
     _stop_on_signals()
     try:
@@ -193,7 +184,7 @@ def ledger(
 
     path = state_dir / run_name / "node.json"
     if not path.is_file():
-        fail(f"no node state for run {run_name!r} in {state_dir}")
+        raise InputError(f"no node state for run {run_name!r} in {state_dir}")
     raw = json.loads(path.read_text())
     if raw.get("ledger") is None:
         out.print("privacy: NOT differentially private (no --epsilon)")
@@ -211,10 +202,7 @@ def collect(
     from synthfed.flower.ledgers import collect_ledgers
     from synthfed.privacy.ledger import PrivacyLedger
 
-    try:
-        target = collect_ledgers(run_dir, list(node_states))
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    target = collect_ledgers(run_dir, list(node_states))
     out.print(ledger_table(PrivacyLedger.from_dict(json.loads(target.read_text())).table(), "privacy spent"))
     out.print(f"wrote {target}")
 

@@ -5,7 +5,6 @@ plan; nothing is copied from a config."""
 
 from __future__ import annotations
 
-import json
 import math
 
 from pathlib import Path
@@ -15,14 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-privacy_app = typer.Typer(no_args_is_help=True, help="Privacy ledger reports and noise calibration.")
+from synthfed.errors import InputError, UsageError
+
+privacy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                          help="Privacy ledger reports and noise calibration.")
 out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -61,21 +57,22 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
 ) -> None:
     """Print each client's privacy ledger: mechanisms, steps, and epsilon with its error bounds."""
-    from synthfed.checkpoint import latest_round_dir, read_run_file
+    from synthfed.checkpoint import latest_ledger, read_run_file
     from synthfed.privacy.ledger import PrivacyLedger
 
-    try:
-        read_run_file(run_dir)
-        round_dir = latest_round_dir(run_dir)
-    except (FileNotFoundError, RuntimeError) as exc:
-        _fail(str(exc))
+    # latest_ledger refuses a DP run whose ledger is gone: it must not read as non-private.
+    round_dir, raw = latest_ledger(run_dir)
     if round_dir is None:
-        _fail(f"{run_dir} has no completed round yet")
-    path = round_dir / "ledger.json"
-    if not path.is_file():
-        out.print(f"{run_dir} was trained without differential privacy: there is no ledger and no DP guarantee.")
+        raise InputError(f"{run_dir} has no completed round yet")
+    if raw is None:
+        config = read_run_file(run_dir)["config"]
+        if config.get("epsilon") is not None or config.get("strategy") == "pfdm":  # a Flower run: its nodes hold them
+            out.print(f"{run_dir}'s privacy ledgers are held by its Flower nodes; publish them with "
+                      "`synthfed flower collect-ledgers`.")
+        else:
+            out.print(f"{run_dir} was trained without differential privacy: there is no ledger and no DP guarantee.")
         raise typer.Exit(0)
-    ledger = PrivacyLedger.from_dict(json.loads(path.read_text()))
+    ledger = PrivacyLedger.from_dict(raw)
     rows = ledger.table()
     if as_json:
         out.print_json(data=rows)
@@ -118,35 +115,30 @@ def calibrate(
 ) -> None:
     """What noise (or PFDM t0) does each client get for (epsilon, delta)? Exactly the plan `synthfed train`
     would run with the same options (the same planner); trains nothing."""
-    from synthfed.config import ConfigError, TrainConfig
-    from synthfed.data import DataError
-    from synthfed.privacy.calibration import CalibrationError
+    from synthfed.config import TrainConfig
     from synthfed.train import load_federated_data
 
     if n is not None and n < 1:
-        _fail("--n must be at least 1")
-    try:
-        config = TrainConfig(
-            data=data, num_clients=clients, partition=partition, alpha=alpha, min_partition_size=min_partition_size,
-            max_client_size=max_client_size, seed=seed, batch_size=batch_size, rounds=rounds,
-            local_epochs=local_epochs, head_epochs=head_epochs, strategy=strategy, num_train_timesteps=timesteps,
-            image_size=image_size, epsilon=epsilon, delta=delta, clip_norm=clip_norm, upload_copies=upload_copies,
-            label_epsilon=label_epsilon, public_labels=public_labels or (strategy == "pfdm" and label_epsilon is None),
-            local_epsilon=local_epsilon,
-        ).validate()
-        if n is not None:
-            sizes, names, shape = {0: n}, {0: "client"}, None
-        else:
-            fed = load_federated_data(config)
-            sizes = {cid: len(c) for cid, c in enumerate(fed.clients)}
-            names = dict(enumerate(fed.client_names))
-            shape = fed.clients[0].image_shape
-        if strategy == "pfdm":
-            _calibrate_pfdm(config, sizes, names, shape)
-        else:
-            _calibrate_dp_sgd(config, sizes, names)
-    except (ConfigError, DataError, CalibrationError, ValueError) as exc:
-        _fail(str(exc))
+        raise UsageError("--n must be at least 1")
+    config = TrainConfig(
+        data=data, num_clients=clients, partition=partition, alpha=alpha, min_partition_size=min_partition_size,
+        max_client_size=max_client_size, seed=seed, batch_size=batch_size, rounds=rounds,
+        local_epochs=local_epochs, head_epochs=head_epochs, strategy=strategy, num_train_timesteps=timesteps,
+        image_size=image_size, epsilon=epsilon, delta=delta, clip_norm=clip_norm, upload_copies=upload_copies,
+        label_epsilon=label_epsilon, public_labels=public_labels or (strategy == "pfdm" and label_epsilon is None),
+        local_epsilon=local_epsilon,
+    ).validate()
+    if n is not None:
+        sizes, names, shape = {0: n}, {0: "0"}, None  # one client, id 0 (as in the ledgers)
+    else:
+        fed = load_federated_data(config)
+        sizes = {cid: len(c) for cid, c in enumerate(fed.clients)}
+        names = dict(enumerate(fed.client_names))
+        shape = fed.clients[0].image_shape
+    if strategy == "pfdm":
+        _calibrate_pfdm(config, sizes, names, shape)
+    else:
+        _calibrate_dp_sgd(config, sizes, names)
 
 
 def _calibrate_dp_sgd(config, sizes: dict[int, int], names: dict[int, str]) -> None:
@@ -172,7 +164,7 @@ def _calibrate_pfdm(config, sizes: dict[int, int], names: dict[int, str], shape)
     from synthfed.privacy.planner import client_delta, pfdm_budget, plan_dp_sgd, plan_t0
 
     if shape is None:
-        raise ValueError("pfdm needs the data's image shape: give --data rather than --n")
+        raise UsageError("pfdm needs the data's image shape: give --data rather than --n")
     acp = config.schedule().alphas_cumprod()
     t0, clip = plan_t0(config, list(sizes.values()), shape, acp)
     # The curve at the smallest delta (the largest client): the one that binds t0.

@@ -24,15 +24,21 @@ class RichProgress:
             transient=False,
         )
         self.tasks: dict[str, int] = {}
+        self.started = False
 
+    # The bars start with the first task, not on entry: a command that fails
+    # before any work would otherwise leave an empty line above its error.
     def __enter__(self) -> "RichProgress":
-        self.bars.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bars.__exit__(*exc)
+        if self.started:
+            self.bars.__exit__(*exc)
 
     def __call__(self, event: Event) -> None:
+        if isinstance(event, TaskStarted) and not self.started:
+            self.bars.__enter__()
+            self.started = True
         if isinstance(event, TaskStarted):
             if event.key in self.tasks:
                 self.bars.reset(self.tasks[event.key], total=event.total, description=event.description, info="")

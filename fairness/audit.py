@@ -25,6 +25,16 @@ from typing import Sequence
 import numpy as np
 
 from synthfed.data import DataError, ImageDataset, load_source
+from synthfed.fairness.audit_inputs import (
+    REAL_MISMATCH_FLAG,
+    AuditInputs,
+    align_classes,
+    audit_output,
+    note_real_resized,
+    resolve_run,
+    stamp_real_warning,
+    training_data,
+)
 from synthfed.fairness.classifiers import DEFAULT_FAMILIES, select_and_train
 from synthfed.fairness.metrics import (
     bias_reduction,
@@ -39,7 +49,7 @@ from synthfed.fairness.release import check_report_dir, public_source, public_sp
 from synthfed.fairness.verdict import _summaries
 from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
-__all__ = ["COMPARE_METRICS", "compare_audits", "headline_metrics", "run_audit"]
+__all__ = ["COMPARE_METRICS", "REAL_MISMATCH_FLAG", "compare_audits", "headline_metrics", "run_audit"]
 
 VAL_FRACTION = 0.2
 
@@ -77,38 +87,6 @@ def _requested_counts(card: dict, synthetic: ImageDataset) -> tuple[np.ndarray, 
     return synthetic.class_counts().astype(float), "manifest labels"
 
 
-def _align_classes(synthetic: ImageDataset, real: ImageDataset, spec: str) -> ImageDataset:
-    if synthetic.class_names == real.class_names:
-        return synthetic
-    if set(synthetic.class_names) <= set(real.class_names):
-        return synthetic.with_class_names(real.class_names)
-    raise DataError(
-        f"the synthetic classes {list(synthetic.class_names)} are not the classes of --real {spec} "
-        f"({list(real.class_names)}); audit against the data the model was trained on"
-    )
-
-
-def _resolve_run(run_dir, card: dict, dataset_dir: Path, notes: list[str]) -> Path | None:
-    """The run that produced the images: ``run_dir`` if given (must exist), else
-    the card's source (a path relative to the dataset folder)."""
-    if run_dir is not None:
-        path = Path(run_dir)
-        if not (path / "run.json").is_file():
-            raise FileNotFoundError(f"{path} is not a synthfed run directory (no run.json)")
-        return path
-    src = (card.get("source") or {}).get("run_dir")
-    if not src:
-        notes.append("The dataset card names no source run: per-client baselines and the membership attack are skipped "
-                     "(pass --run RUN_DIR to add them).")
-        return None
-    path = dataset_dir / src  # an absolute path (older cards) stays as it is
-    if not (path / "run.json").is_file():
-        notes.append(f"The card's source run {Path(src).name} is not available here: per-client baselines and the "
-                     "membership attack are skipped (pass --run RUN_DIR to add them).")
-        return None
-    return path
-
-
 def _train_source(train_set: ImageDataset, real: str) -> str:
     """Where the real training images came from, without local paths."""
     if str(train_set.source).startswith("pooled clients of run "):
@@ -126,6 +104,44 @@ def _cap(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
     stratify = dataset.labels if counts[counts > 0].min() >= 2 else None
     keep, _ = train_test_split(np.arange(len(dataset)), train_size=int(limit), random_state=seed, stratify=stratify)
     return dataset.subset(np.sort(keep))
+
+
+def _load_inputs(dataset_dir: Path, real: str, run_dir, allow_real_mismatch: bool, notes: list[str]) -> AuditInputs:
+    """Load and check everything before the long work: a refusal here costs seconds.
+    (Here, not in audit_inputs, so tests can swap this module's ``load_source``.)"""
+    from synthfed.generate import load_generated
+
+    synthetic, card = load_generated(dataset_dir)
+    c, size, _ = synthetic.image_shape
+    real_native = load_source(real, split="train")
+    note_real_resized(real, real_native, size)
+    real_train = real_native.resized(size)
+    real_test = load_source(real, split="test").resized(size)
+    if real_train.image_shape != synthetic.image_shape:
+        raise DataError(f"--real {real} has {real_train.image_shape[0]} channel(s), the synthetic images "
+                        f"{c}: audit against the data the model was trained on")
+    synthetic = align_classes(synthetic, real_train, real)
+    run = resolve_run(run_dir, card, dataset_dir, notes)
+    fed, warning = None, None
+    if run is not None:
+        from synthfed.checkpoint import read_run_file
+        from synthfed.config import TrainConfig
+
+        info = read_run_file(run)
+        config = TrainConfig.from_dict(info["config"])
+        fed, warning = training_data(real, real_train, size, run, info, config, allow_mismatch=allow_real_mismatch)
+        if fed is None:
+            notes.append(f"The training data of run {run.name} is not available here: the baselines and the "
+                         "memorization check use the training split of --real, and the membership attack is skipped.")
+        elif fed.class_names != real_train.class_names or fed.clients[0].image_shape[0] != c:
+            raise DataError(f"run {run} was trained on {config.data} (classes {list(fed.class_names)}), "
+                            f"not on --real {real}")
+    train_set = real_train
+    if fed is not None:
+        pooled = fed.pooled().resized(size)
+        train_set = ImageDataset(pooled.images, pooled.labels, pooled.class_names,
+                                 f"pooled clients of run {run.resolve().name}")
+    return AuditInputs(synthetic, card, real_test, train_set, run, fed, warning, real_native.image_shape[1:])
 
 
 # --------------------------------------------------------------------------- main entry
@@ -146,6 +162,7 @@ def run_audit(
     reference: str | None = None,
     name: str | None = None,
     include_real_images: bool = False,
+    allow_real_mismatch: bool = False,
     progress: Progress = null_progress,
 ) -> dict:
     """Audit the generated dataset in ``dataset_dir`` against the real source ``real`` (a ``--data`` spec).
@@ -160,15 +177,33 @@ def run_audit(
     ``reference``) is added to this report. The report holds no real training
     image and no real class histogram of the training data unless
     ``include_real_images``; then it is marked ``contains_personal_data``.
-    ``out_dir`` may not lie inside the dataset folder or a run directory.
-    """
-    from synthfed.generate import load_generated
-    from synthfed.privacy.memorization import nearest_neighbour_audit
+    ``out_dir`` may not lie inside the dataset folder or a run directory; it is
+    created and probed before the long work (InputError if unwritable), and a
+    failed audit removes what it created there.
 
+    With a run, ``real`` must be the data it was trained on (its spec, or data
+    that rebuilds the clients recorded in run.json): otherwise UsageError,
+    unless ``allow_real_mismatch``, which stamps the report with
+    ``real_data_warning`` and a banner. Resizing ``real`` to the synthetic
+    size is announced as a DataNote.
+    """
     dataset_dir = Path(dataset_dir)
     if out_dir is not None:  # before any long work
         check_report_dir(out_dir, datasets=[dataset_dir], run=run_dir)
-    families = tuple(families)
+    with audit_output(out_dir):
+        return _audit(dataset_dir, real=real, out_dir=out_dir, run_dir=run_dir, seed=seed, families=tuple(families),
+                      cnn_epochs=cnn_epochs, judge_epochs=judge_epochs, mia=mia, mia_max_examples=mia_max_examples,
+                      max_real_train=max_real_train, compare_with=compare_with, reference=reference, name=name,
+                      include_real_images=include_real_images, allow_real_mismatch=allow_real_mismatch,
+                      progress=progress)
+
+
+def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epochs, judge_epochs, mia,
+           mia_max_examples, max_real_train, compare_with, reference, name, include_real_images,
+           allow_real_mismatch, progress) -> dict:
+    """The audit itself (``run_audit`` has checked ``out_dir`` and cleans up after a failure)."""
+    from synthfed.privacy.memorization import nearest_neighbour_audit
+
     steps = ["load", "tstr", "baselines", "fidelity", "memorization", "membership", "report"]
     progress(TaskStarted("audit", f"auditing {dataset_dir.name}", len(steps)))
 
@@ -176,34 +211,10 @@ def run_audit(
         progress(TaskAdvanced("audit", 1, {"done": label}))
 
     notes: list[str] = []
-    synthetic, card = load_generated(dataset_dir)
-    c, size, _ = synthetic.image_shape
-    real_train = load_source(real, split="train").resized(size)
-    real_test = load_source(real, split="test").resized(size)
-    if real_train.image_shape != synthetic.image_shape:
-        raise DataError(f"--real {real} has {real_train.image_shape[0]} channel(s), the synthetic images "
-                        f"{c}: audit against the data the model was trained on")
-    synthetic = _align_classes(synthetic, real_train, real)
-    k = synthetic.num_classes
-
-    run = _resolve_run(run_dir, card, dataset_dir, notes)
-    fed = None
-    config = None
-    if run is not None:
-        from synthfed.checkpoint import read_run_file
-        from synthfed.config import TrainConfig
-        from synthfed.train import load_federated_data
-
-        config = TrainConfig.from_dict(read_run_file(run)["config"])
-        fed = load_federated_data(config)
-        if fed.class_names != real_train.class_names or fed.clients[0].image_shape[0] != c:
-            raise DataError(f"run {run} was trained on {config.data} (classes {list(fed.class_names)}), "
-                            f"not on --real {real}")
-    train_set = real_train
-    if fed is not None:
-        pooled = fed.pooled().resized(size)
-        train_set = ImageDataset(pooled.images, pooled.labels, pooled.class_names,
-                                 f"pooled clients of run {run.resolve().name}")
+    inputs = _load_inputs(dataset_dir, real, run_dir, allow_real_mismatch, notes)
+    synthetic, card, real_test, train_set = inputs.synthetic, inputs.card, inputs.real_test, inputs.train_set
+    run, fed = inputs.run, inputs.fed
+    size, k = synthetic.image_shape[1], synthetic.num_classes
     step("load")
 
     # -- utility: TSTR, selection on the synthetic validation split only
@@ -284,6 +295,8 @@ def run_audit(
         membership = {"skipped": "disabled"}
     elif run is None:
         membership = {"skipped": "the source run is not available"}
+    elif fed is None:
+        membership = {"skipped": "the run's training data is not available"}
     else:
         from synthfed.generate import load_generator
         from synthfed.privacy.membership import loss_threshold_mia
@@ -329,6 +342,8 @@ def run_audit(
             "test_size": len(real_test),
             "test_counts": real_test.class_counts().tolist(),
             "resized_to": size,
+            "resized_from": list(inputs.real_size),
+            "matches_training_data": None if run is None else inputs.real_warning is None,
         },
         "run": run.resolve().name if run is not None else None,
         "settings": {
@@ -350,6 +365,7 @@ def run_audit(
         "notes": notes,
     }
     report["summary"] = _summaries(report)
+    stamp_real_warning(report, inputs.real_warning)
     if compare_with:
         if report["name"] in compare_with:
             raise ValueError(f"a compared dataset is also named {report['name']!r}; names must differ")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from synthfed.errors import UsageError
+
 # A folder holding one of these is a released dataset or a private run
 # directory: a report written there would end up shipped or mixed with them.
 PROTECTED_MARKERS = {"manifest.csv": "a generated dataset folder", "run.json": "a run directory"}
@@ -18,19 +20,19 @@ PERSONAL_DATA_BANNER = "contains personal data: do not share"
 
 def check_report_dir(out_dir: str | Path, *, datasets: list[str | Path] = (), run: str | Path | None = None) -> None:
     """Refuse an ``--out`` inside (or equal to) an audited dataset folder, a run
-    directory, or any generated dataset or run folder (ValueError, one line)."""
+    directory, or any generated dataset or run folder (UsageError, a ValueError: one line)."""
     out = Path(out_dir).resolve()
     guarded = [(Path(d).resolve(), "the audited dataset folder") for d in datasets]
     if run is not None:
         guarded.append((Path(run).resolve(), "the run directory"))
     for folder, what in guarded:
         if out == folder or folder in out.parents:
-            raise ValueError(f"--out {out_dir} is inside {what} {Path(folder).name}: the report would be shipped "
+            raise UsageError(f"--out {out_dir} is inside {what} {Path(folder).name}: the report would be shipped "
                              "with it; choose a folder outside it")
     for folder in (out, *out.parents):
         for marker, what in PROTECTED_MARKERS.items():
             if (folder / marker).is_file():
-                raise ValueError(f"--out {out_dir} is inside {what} ({folder.name}); choose a folder outside it")
+                raise UsageError(f"--out {out_dir} is inside {what} ({folder.name}); choose a folder outside it")
 
 
 def public_spec(spec: str) -> str:

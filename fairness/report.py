@@ -223,6 +223,15 @@ def _definitions_html() -> str:
 </dl></div>"""
 
 
+def real_mismatch_banner(report: dict) -> str:
+    """The loud banner of an audit against other data than the training data."""
+    warning = report.get("real_data_warning")
+    if not warning:
+        return ""
+    return ('<div class="panel" style="background:#b45309;color:#fff;font-size:1.2em;font-weight:700;margin:12px 0">'
+            f'{_e(warning)} Do not read this report as the audit of the training data.</div>')
+
+
 def render_html(report: dict, *, synthetic: ImageDataset, train: ImageDataset | None = None) -> str:
     ds = report["dataset"]
     made_by = source_label(ds["source"]) if ds.get("source") else "unknown model"
@@ -233,6 +242,7 @@ def render_html(report: dict, *, synthetic: ImageDataset, train: ImageDataset | 
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><main>
 {personal_data_banner(report)}
+{real_mismatch_banner(report)}
 <h1>Audit of synthetic dataset “{_e(report['name'])}”</h1>
 <div class="sub">{ds['num_images']} images, {len(ds['class_names'])} classes, {ds['image_shape'][1]}×{ds['image_shape'][2]}
 × {ds['image_shape'][0]} channel(s) · made by {_e(made_by)} · tested against real data {_e(report['real']['spec'])}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthfed.errors import UsageError
+from synthfed.errors import InputError, UsageError
 from synthfed.privacy.accountant import ADJACENCY, UNIT_OF_PRIVACY
 
 COUNT_MODES = ("uniform", "match-real")
@@ -92,7 +92,7 @@ def resolve_class_counts(mode: str, *, num_classes: int, class_names: tuple[str,
         return [per_class] * num_classes
     if mode == "match-real":
         if differentially_private:
-            raise ValueError(MATCH_REAL_REFUSED)
+            raise UsageError(MATCH_REAL_REFUSED)
         if not allow_non_private:
             raise NonPrivateOutputRefused("--counts match-real writes the real class histogram into a dataset that is "
                                           "NOT differentially private; pass --allow-non-private to write it stamped so")
@@ -102,7 +102,7 @@ def resolve_class_counts(mode: str, *, num_classes: int, class_names: tuple[str,
 
 def _match_real(run_info: dict | None, client: int | None, total: int) -> list[int]:
     if run_info is None or "class_counts" not in run_info["clients"][0]:
-        raise ValueError("--counts match-real needs a run directory trained by this version (class counts in run.json)")
+        raise UsageError("--counts match-real needs a run directory trained by this version (class counts in run.json)")
     rows = run_info["clients"] if client is None else [run_info["clients"][client]]
     real = np.sum([r["class_counts"] for r in rows], axis=0).astype(float)
     raw = real / real.sum() * total
@@ -114,7 +114,7 @@ def _match_real(run_info: dict | None, client: int | None, total: int) -> list[i
 
 def _counts_from_csv(path: Path, num_classes: int, class_names: tuple[str, ...]) -> list[int]:
     if not path.is_file():
-        raise ValueError(f"--counts must be uniform, match-real or a CSV file of class,count; {str(path)!r} is none")
+        raise UsageError(f"--counts must be uniform, match-real or a CSV file of class,count; {str(path)!r} is none")
     counts = [0] * num_classes
     with open(path, newline="") as fh:
         for line, row in enumerate(csv.DictReader(fh), start=2):
@@ -124,12 +124,12 @@ def _counts_from_csv(path: Path, num_classes: int, class_names: tuple[str, ...])
             elif key.isdigit() and int(key) < num_classes:
                 k = int(key)
             else:
-                raise ValueError(f"{path}:{line}: unknown class {key!r}")
+                raise InputError(f"{path}:{line}: unknown class {key!r}")
             if not value.isdigit():
-                raise ValueError(f"{path}:{line}: count must be a whole number, got {value!r}")
+                raise InputError(f"{path}:{line}: count must be a whole number, got {value!r}")
             counts[k] = int(value)
     if sum(counts) == 0:
-        raise ValueError(f"{path} asks for no images")
+        raise InputError(f"{path} asks for no images")
     return counts
 
 
@@ -255,7 +255,7 @@ def build_card(*, source: dict, privacy: dict, config: dict, class_names: tuple[
     label = privacy_label(privacy)
     dp = label != NOT_DP
     if real_counts and dp:  # defence in depth: the CLI refuses this earlier
-        raise ValueError(MATCH_REAL_REFUSED)
+        raise UsageError(MATCH_REAL_REFUSED)
     strength = guarantee_strength(worst_epsilon(privacy)) if dp else "none"
     return {
         "format": 1,

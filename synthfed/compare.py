@@ -27,6 +27,7 @@ from synthfed.generate import generate_dataset, load_generated, load_generator
 from synthfed.io import write_json_atomic
 from synthfed.progress import Message, Progress, null_progress
 from synthfed.train import train
+from synthfed.errors import UsageError
 
 COMPARABLE = ("centralized", "local", "fedavg", "fedper", "fedrep", "pfdm")
 
@@ -42,7 +43,7 @@ class SamplingPlan:
 def strategy_config(base: TrainConfig, strategy: str, *, pfdm_epsilon: float | None) -> TrainConfig:
     if strategy == "pfdm":
         if pfdm_epsilon is None and base.epsilon is None:
-            raise ValueError("pfdm needs --pfdm-epsilon (or --epsilon) so the accountant can pick t0")
+            raise UsageError("pfdm needs --pfdm-epsilon (or --epsilon) so the accountant can pick t0")
         return base.replace(strategy="pfdm", epsilon=pfdm_epsilon or base.epsilon, public_labels=True,
                             local_epsilon=base.epsilon if base.epsilon is not None else None).validate()
     return base.replace(strategy=strategy).validate()

@@ -24,6 +24,19 @@ class ConfigError(UsageError):
     """An option value that cannot work; the message names the option."""
 
 
+def check_device(name: str) -> str:
+    """``--device``: refused here, at the edge, rather than as a traceback when
+    the first tensor moves (and "cuda" must not quietly become the CPU)."""
+    if name not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: CUDA is not available on this machine; use --device auto or cpu")
+    return name
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # data
@@ -79,8 +92,17 @@ class TrainConfig:
         return self.epsilon is not None
 
     def clients_per_round(self, num_clients: int) -> int:
+        """Clients per round; a count above ``num_clients`` is refused, not
+        clamped (the run would silently differ from the one asked for).
+        The centralized baseline pools everyone into one client and ignores it."""
         if self.participation > 1:
-            return min(num_clients, int(self.participation))
+            count = int(self.participation)
+            if count > num_clients and self.strategy != "centralized":
+                raise ConfigError(
+                    f"--participation {count} asks for {count} clients a round, but the run has only {num_clients} "
+                    f"clients; give a count up to {num_clients} or a fraction like 0.5"
+                )
+            return min(num_clients, count)
         return max(1, round(self.participation * num_clients))
 
     def epochs_per_round(self) -> int:
@@ -95,7 +117,7 @@ class TrainConfig:
         need(self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}")
         need(self.partition in PARTITIONS, f"--partition must be one of {', '.join(PARTITIONS)}")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
-        need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}")
+        check_device(self.device)
         need(self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}")
         need(self.num_clients >= 1, "--clients must be at least 1")
         need(self.alpha > 0, "--alpha must be positive")
@@ -113,6 +135,10 @@ class TrainConfig:
         need(0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")
         need(0 <= self.label_dropout < 1, "--label-dropout must be in [0, 1)")
         need(self.image_size is None or self.image_size >= 4, "--image-size must be at least 4")
+        if self.image_size is not None:
+            self._check_image_size()
+        if self.participation > 1 and self.partition != "folders":  # folders: the count is known once loaded
+            self.clients_per_round(self.num_clients)
         need(self.num_train_timesteps >= 2, "--timesteps must be at least 2")
         need(0 < self.beta_start < self.beta_end < 1, "need 0 < beta-start < beta-end < 1")
         need(self.noise_multiplicity >= 1, "--noise-multiplicity must be at least 1")
@@ -143,6 +169,14 @@ class TrainConfig:
                 need(value is None, f"{name} applies to --strategy pfdm only")
             need(not self.public_labels, "--public-labels applies to --strategy pfdm only")
         return self
+
+    def _check_image_size(self) -> None:
+        from synthfed.model.presets import check_image_size
+
+        try:
+            check_image_size(self.preset, self.image_size)
+        except ValueError as exc:  # the model's own rule, said as the option it is
+            raise ConfigError(f"--image-size {self.image_size}: {exc}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

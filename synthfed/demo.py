@@ -2,12 +2,17 @@
 
 Federated training (FedAvg, 4 non-IID clients) of a class-conditional DDPM on
 scikit-learn's digits, then a sampled dataset and a sample grid. Sized to run
-in a few minutes on 2 CPU cores."""
+in a few minutes on 2 CPU cores.
+
+The demo starts from an empty ``--out`` folder. It clears a folder only when a
+previous demo made it (it holds the ``.synthfed-demo`` marker): ``--out`` is
+typed by hand, and a typo must never delete someone's files."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -15,20 +20,49 @@ from rich.console import Console
 
 from synthfed.cli.render import RichProgress
 from synthfed.config import TrainConfig
+from synthfed.errors import UsageError
 from synthfed.generate import generate_dataset, load_generator
 from synthfed.train import train
 
 
-def main(argv: list[str] | None = None) -> None:
+MARKER = ".synthfed-demo"
+
+
+def prepare_out_dir(out: Path) -> None:
+    """An empty ``out`` with the demo's marker in it: created, or a previous
+    demo's folder cleared; anything else is refused (a usage error)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; choose a new folder for the demo")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UsageError(f"--out {out} is not empty and was not made by the demo (no {MARKER} in it); "
+                             "choose a new or empty folder")
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `python -m synthfed.demo`; a later demo may clear this folder\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The demo inside the CLI's error boundary: one line and an exit code on failure."""
+    from synthfed.cli.errors import run_guarded
+
+    return run_guarded(lambda: demo(argv), debug=argv if argv is not None else sys.argv[1:])
+
+
+def demo(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-run"))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--debug", action="store_true", help="On an error, show the full traceback.")
     args = parser.parse_args(argv)
     console = Console()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    prepare_out_dir(args.out)
     config = TrainConfig(
         data="digits",
         image_size=8,  # the digits' native size: 4x cheaper than 16x16, same information
@@ -61,4 +95,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

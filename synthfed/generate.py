@@ -6,7 +6,13 @@ guarantee covers it, straight from the run's ledger (or, for a model folder
 copied out of its run, from the ``privacy.json`` written into it from the
 ledger); ``generate_dataset`` writes PNGs, ``manifest.csv`` and a sample grid,
 and records both. Every written file names its source by folder name or
-relative path: the dataset is meant to leave the party that made it."""
+relative path: the dataset is meant to leave the party that made it.
+
+Every file read from a run or a model folder is verified against the
+checksums written with it (``synthfed.checkpoint``); a DP run whose ledger is
+missing is refused, never sampled as non-private. ``generate_dataset`` owns
+its output folder while it writes (``synthfed.locking``) and removes its
+partial output if it fails."""
 
 from __future__ import annotations
 
@@ -23,14 +29,16 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from synthfed.card import privacy_status
-from synthfed.checkpoint import MODEL_PRIVACY_FILE, client_file, latest_round_dir, read_run_file
+from synthfed.checkpoint import (MODEL_PRIVACY_FILE, client_file, latest_round_dir, load_model_folder, load_tensors,
+                                 model_folder_seal, read_round_ledger, read_run_file, round_seal)
 from synthfed.config import PERSONALIZED_STRATEGIES
 from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
-from synthfed.io import write_json_atomic
-from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet, load_model
+from synthfed.errors import InputError, SynthfedError, UsageError
+from synthfed.io import make_temp_dir, write_json_atomic
+from synthfed.locking import output_lock
+from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet
 from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
 if TYPE_CHECKING:
@@ -49,11 +57,10 @@ class LoadedGenerator:
     config: dict = field(default_factory=dict)  # the run's settings (for the card's label handling)
 
 
-def _privacy_status(round_dir: Path | None, client: int | None, config: dict | None = None) -> dict:
-    """The guarantee of the round's ledger (none without a ledger file)."""
-    ledger_path = None if round_dir is None else round_dir / "ledger.json"
-    ledger = json.loads(ledger_path.read_text()) if ledger_path is not None and ledger_path.is_file() else None
-    return privacy_status(ledger, config, client)
+def _privacy_status(round_dir: Path, client: int | None, info: dict) -> dict:
+    """The guarantee of the round's ledger (verified; a DP run without its
+    ledger is refused by ``read_round_ledger``)."""
+    return privacy_status(read_round_ledger(round_dir, info), info["config"], client)
 
 
 def _round_number(round_dir: Path) -> int:
@@ -65,7 +72,7 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
     path = Path(path)
     if (path / MODEL_META_FILE).is_file():
         if client is not None:
-            raise ValueError("--client needs a run directory, not a single model folder")
+            raise UsageError("--client needs a run directory, not a single model folder")
         return _load_model_folder(path)
     info = read_run_file(path)
     if info["config"].get("strategy") == "pfdm":
@@ -80,23 +87,23 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
     # By strategy, not by folder: a Flower run's local parts stay on its nodes.
     personalized = clients_dir.is_dir() or info["config"].get("strategy") in PERSONALIZED_STRATEGIES
     if personalized and client is None:
-        raise ValueError(
+        raise UsageError(
             f"run {path} keeps part of each client's model local ({info['config']['strategy']}); "
             "choose whose model samples with --client"
         )
     if client is not None and not personalized:
-        raise ValueError(f"run {path} has one global model; --client does not apply")
+        raise UsageError(f"run {path} has one global model; --client does not apply")
     if global_dir.is_dir():
-        model, _ = load_model(global_dir)
+        model, _ = load_model_folder(global_dir)
     else:
         model = build_unet(spec)
     source = {"kind": "run", "run": path.resolve().name, "round": _round_number(round_dir), "weights": which}
     if client is not None:
         local_path = clients_dir / client_file(client)
         if not local_path.is_file():
-            raise ValueError(_no_client(path, info, client))
+            raise UsageError(_no_client(path, info, client))
         prefix = "ema." if use_ema else "model."
-        tensors = load_file(str(local_path))
+        tensors = load_tensors(round_seal(round_dir, info), f"clients/{local_path.name}")
         model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False)
         source["client"] = client
     return LoadedGenerator(
@@ -104,7 +111,7 @@ def load_generator(path: str | Path, *, client: int | None = None, use_ema: bool
         spec=spec,
         schedule=NoiseSchedule(**spec.schedule),
         source=source,
-        privacy=_privacy_status(round_dir, client, info["config"]),
+        privacy=_privacy_status(round_dir, client, info),
         run_dir=path,
         config=info["config"],
     )
@@ -114,15 +121,16 @@ def _load_model_folder(path: Path) -> LoadedGenerator:
     """A single model folder. Inside a run (rounds/round-N/global/ema) the run's
     ledger says what covers it; elsewhere (a copy) its own privacy.json does; a
     folder with neither carries no claim at all."""
-    model, spec = load_model(path)
+    model, spec = load_model_folder(path)
     round_dir = path.parent.parent if path.parent.name == "global" else None
     run_dir = round_dir.parent.parent if round_dir is not None else None
     source = {"kind": "model folder", "folder": path.resolve().name, "weights": path.name}
     if run_dir is not None and (run_dir / "run.json").is_file():
-        config = read_run_file(run_dir)["config"]
-        _refuse_shared_part(config.get("strategy"))
+        info = read_run_file(run_dir)
+        _refuse_shared_part(info["config"].get("strategy"))
         source.update(run=run_dir.resolve().name, round=_round_number(round_dir))
-        privacy = _privacy_status(round_dir, None, config)
+        privacy = _privacy_status(round_dir, None, info)
+        config = info["config"]
     else:
         config, privacy = _folder_privacy(path, source)
     return LoadedGenerator(model=model.eval(), spec=spec, schedule=NoiseSchedule(**spec.schedule), source=source,
@@ -131,7 +139,7 @@ def _load_model_folder(path: Path) -> LoadedGenerator:
 
 def _refuse_shared_part(strategy: str | None) -> None:
     if strategy in PERSONALIZED_STRATEGIES:
-        raise ValueError(
+        raise UsageError(
             f"this folder holds only the shared part of a {strategy} run; sample the run directory with --client instead"
         )
 
@@ -145,14 +153,15 @@ def _folder_privacy(path: Path, source: dict) -> tuple[dict, dict]:
         return {}, {"differentially_private": False,
                     "components": [{"component": "model folder", "dp": False, "mechanism": "unknown"}],
                     "statement": "NOT differentially private (no privacy statement in the folder)"}
+    sealed, prefix = model_folder_seal(path)
+    meta = sealed.read_json(prefix + MODEL_PRIVACY_FILE)  # verified: a claim of DP must be the one written
     try:
-        meta = json.loads(meta_path.read_text())
         rows = list(meta.get("clients") or [])
         finite = all(math.isfinite(float(r["eps_upper"])) for r in rows)
         statement = str(meta["statement"])
         config = dict(meta.get("config") or {})
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ValueError(f"{MODEL_PRIVACY_FILE} in {path.name} is not a readable privacy statement ({exc})") from exc
+        raise InputError(f"{MODEL_PRIVACY_FILE} in {path.name} is not a readable privacy statement ({exc})") from exc
     _refuse_shared_part(meta.get("shared_part_of"))
     dp = meta.get("differentially_private") is True and bool(rows) and finite
     source.update(run=meta.get("run"), round=meta.get("round"))
@@ -176,21 +185,22 @@ def _load_pfdm_generator(path: Path, info: dict, *, client: int | None, use_ema:
     if round_dir is None:
         raise FileNotFoundError(f"{path} has no completed round yet")
     if client is None:
-        raise ValueError("a PFDM run's shared model only denoises down to t0; choose whose low-noise model finishes with --client")
+        raise UsageError("a PFDM run's shared model only denoises down to t0; choose whose low-noise model finishes with --client")
     spec = ModelSpec.from_dict(info["model"])
     which = "ema" if use_ema else "model"
-    shared, _ = load_model(round_dir / "global" / which)
+    shared, _ = load_model_folder(round_dir / "global" / which)
     local_path = round_dir / "clients" / client_file(client)
     if not local_path.is_file():
-        raise ValueError(_no_client(path, info, client))
+        raise UsageError(_no_client(path, info, client))
     prefix = f"{which}."
     local = build_unet(spec)
-    local.load_state_dict({k[len(prefix):]: v for k, v in load_file(str(local_path)).items() if k.startswith(prefix)})
+    tensors = load_tensors(round_seal(round_dir, info), f"clients/{local_path.name}")
+    local.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     t0 = int(info["pfdm"]["t0"])
     source = {"kind": "run", "run": path.resolve().name, "round": _round_number(round_dir), "weights": which,
               "client": client, "strategy": "pfdm", "t0": t0}
     return LoadedGenerator(model=local.eval(), spec=spec, schedule=NoiseSchedule(**spec.schedule), source=source,
-                           privacy=_privacy_status(round_dir, client, info["config"]), handover=(shared.eval(), t0),
+                           privacy=_privacy_status(round_dir, client, info), handover=(shared.eval(), t0),
                            run_dir=path, config=info["config"])
 
 
@@ -231,14 +241,16 @@ def generate_dataset(
     the card where they came from, and ``real_counts`` that they are the real
     class histogram (refused for a DP output: no mechanism covers it). A
     dataset not covered by DP is refused unless ``allow_non_private``, and then
-    stamped as such. The folder is assembled under a temporary name and renamed
-    into place, so a crash never leaves a half-written dataset behind a
-    valid-looking name."""
+    stamped as such. The folder is assembled under a unique temporary name
+    (``.<name>.<random>.gen.partial``) and renamed into place, holding the
+    output's lock: a crash never leaves a half-written dataset behind a
+    valid-looking name, a failure removes the partial folder, and nothing that
+    was there before (an existing ``out_dir`` is refused unless empty) is ever
+    removed."""
     from synthfed.card import NonPrivateOutputRefused, build_card, manifest_stamp, render_card_md
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; choose a new --out")
+    _refuse_non_empty(out_dir)
     dp = bool(gen.privacy.get("differentially_private"))
     if not dp and not allow_non_private:
         raise NonPrivateOutputRefused(
@@ -252,21 +264,35 @@ def generate_dataset(
                       class_names=spec.class_names, counts=counts, counts_source=counts_source, real_counts=real_counts,
                       sampler={"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seed,
                                "ddpm_variance": ddpm_variance})
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
-    images, labels = _sample_images(gen, counts, sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale,
-                                    ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=device,
-                                    progress=progress)
-    _write_images_and_manifest(tmp, images, labels, spec.class_names, card["source"], seed, manifest_stamp(card))
-    save_grid(images, labels, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
-    write_json_atomic(tmp / "card.json", card)
-    (tmp / "CARD.md").write_text(render_card_md(card))
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked above)
-    os.replace(tmp, out_dir)
+    with output_lock(out_dir, "synthfed generate"):
+        _refuse_non_empty(out_dir)  # again: another process may have filled it before we held the lock
+        tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".gen.partial")
+        try:
+            (tmp / "images").mkdir()
+            images, labels = _sample_images(gen, counts, sampler=sampler, num_steps=num_steps,
+                                            guidance_scale=guidance_scale, ddpm_variance=ddpm_variance,
+                                            batch_size=batch_size, seed=seed, device=device, progress=progress)
+            _write_images_and_manifest(tmp, images, labels, spec.class_names, card["source"], seed,
+                                       manifest_stamp(card))
+            save_grid(images, labels, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
+            write_json_atomic(tmp / "card.json", card)
+            (tmp / "CARD.md").write_text(render_card_md(card))
+            os.replace(tmp, out_dir)  # onto a missing or empty folder: one rename, nothing else replaced
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SynthfedError(f"could not write the dataset into {out_dir} ({exc.strerror or exc}); "
+                                "nothing was written there") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # ours: made above under a unique name
+            raise
     return out_dir
+
+
+def _refuse_non_empty(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose a new --out")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty; choose a new --out")
 
 
 def _released_source(gen: LoadedGenerator, out_dir: Path) -> dict:

@@ -2,7 +2,8 @@
 
 Loads and splits the data as the config says (the same way on resume, so the
 fingerprints in run.json can be checked), builds the privacy plan when
-``--epsilon`` is given, and hands over to the simulation engine."""
+``--epsilon`` is given, and hands over to the simulation engine, holding the
+run directory's lock (``synthfed.locking``) throughout."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from synthfed.checkpoint import remove_stale_temps
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData, ImageDataset, load_client_folders, load_source, partition_dataset
 from synthfed.federated.simulation import TrainResult, run_simulation
+from synthfed.locking import run_lock
 from synthfed.progress import Progress, null_progress
 
 
@@ -76,16 +79,22 @@ def train(
     progress: Progress = null_progress,
     stop_after_round: int | None = None,
 ) -> TrainResult:
-    fed = load_federated_data(config)
-    if config.strategy == "pfdm":
-        from synthfed.federated.pfdm import run_pfdm
+    """Train (or with ``resume`` continue) the run in ``run_dir``, owning it for
+    the duration: a second process on the same directory gets ``RunLocked``
+    at once, whichever engine either of them runs."""
+    with run_lock(run_dir, "synthfed train"):
+        # Under the lock, temporary round folders can only be a dead owner's.
+        remove_stale_temps(Path(run_dir))
+        fed = load_federated_data(config)
+        if config.strategy == "pfdm":
+            from synthfed.federated.pfdm import run_pfdm
 
-        return run_pfdm(config, fed, run_dir, resume=resume, progress=progress, stop_after_round=stop_after_round)
-    privacy = None
-    if config.private:
-        from synthfed.privacy.training import PrivateTraining
+            return run_pfdm(config, fed, run_dir, resume=resume, progress=progress, stop_after_round=stop_after_round)
+        privacy = None
+        if config.private:
+            from synthfed.privacy.training import PrivateTraining
 
-        privacy = PrivateTraining.plan(config, fed)
-    return run_simulation(
-        config, fed, run_dir, resume=resume, privacy=privacy, progress=progress, stop_after_round=stop_after_round
-    )
+            privacy = PrivateTraining.plan(config, fed)
+        return run_simulation(
+            config, fed, run_dir, resume=resume, privacy=privacy, progress=progress, stop_after_round=stop_after_round
+        )

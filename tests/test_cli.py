@@ -1,4 +1,5 @@
-"""The command line: bad values end with one line and exit code 2; the happy path works."""
+"""The command line: a bad value ends with one line and exit code 2, bad data with exit code 1; the happy path works.
+(Every other error path: tests/test_cli_errors.py.)"""
 
 import csv
 import json
@@ -26,15 +27,30 @@ TINY = ["--data", "digits", "--image-size", "8", "--preset", "tiny", "--clients"
         (["train", "--participation", "2.5"], "whole number"),
         (["train", "--epsilon", "-1"], "--epsilon"),
         (["train", "--delta", "1e-5"], "--delta needs --epsilon"),
-        (["train", "--data", "nonsense"], "nonsense"),
+        (["train", "--data", "nonsense"], "nonsense"),  # an unknown form of --data (SourceSpecError)
         (["train", "--preset", "paper", "--image-size", "12"], "divisible"),
-        (["generate", "/nonexistent", "--out", "/tmp/x"], "not a synthfed run"),
+        (["train", "--clients", "2", "--participation", "3"], "only 2 clients"),
     ],
 )
 def test_bad_values_exit_2_with_one_clear_line(args, needle):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert needle in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--data", "folder:/nonexistent"], "/nonexistent"),
+        (["generate", "/nonexistent", "--out", "/tmp/x"], "not a synthfed run"),
+    ],
+)
+def test_bad_data_exits_1_with_one_clear_line(args, needle):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert needle in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_every_train_option_is_documented():
@@ -66,9 +82,9 @@ def test_train_then_generate_writes_pngs_manifest_and_grid(tmp_path):
     assert card["differentially_private"] is False and card["label"] == "NOT differentially private"
     assert "NOT differentially private" in (out / "CARD.md").read_text()
     assert len(pd.read_parquet(out / "manifest.parquet")) == 20
-    # generating into the same folder again is refused, not overwritten
+    # generating into the same folder again is refused, not overwritten (a data error: the folder is taken)
     again = runner.invoke(app, ["generate", str(run), "--out", str(out), "--steps", "3", "--allow-non-private"])
-    assert again.exit_code == 2
+    assert again.exit_code == 1 and "not empty" in again.output
 
 
 def test_partition_prints_and_saves_the_stats_table(tmp_path):

@@ -22,6 +22,7 @@ from synthfed.data import (
     load_image_folder,
     load_source,
 )
+from synthfed.errors import DataNote
 
 
 def _png(path: Path, *, size=(8, 8), mode="L", value=128) -> Path:
@@ -201,7 +202,8 @@ def test_image_folder_loads_classes_and_channels(tmp_path):
     (tmp_path / "gray" / "cat" / "notes.txt").write_text("ignored")
     # Execute
     gray = load_image_folder(tmp_path / "gray")
-    rgb = load_image_folder(tmp_path / "rgb")
+    with pytest.warns(DataNote, match=r"converted 3 of 5 images to RGB \(3 from L\)"):  # said, not silent
+        rgb = load_image_folder(tmp_path / "rgb")
     forced = load_image_folder(tmp_path / "gray", grayscale=False)
     # Assert
     assert gray.class_names == ("cat", "dog") and gray.labels.tolist() == [0, 0, 1, 1, 1]

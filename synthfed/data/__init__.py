@@ -3,7 +3,7 @@
 Every loader returns an :class:`ImageDataset`; every user-data problem is a
 :class:`DataError` naming the file or client at fault.
 """
-from .dataset import DataError, ImageDataset, concat
+from .dataset import DataError, ImageDataset, SourceSpecError, concat
 from .loaders import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -26,6 +26,7 @@ from .partition import (
 
 __all__ = [
     "DataError",
+    "SourceSpecError",
     "ImageDataset",
     "concat",
     "FASHION_MNIST_CLASSES",

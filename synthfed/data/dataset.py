@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from synthfed.errors import InputError
+from synthfed.errors import InputError, UsageError
 
-__all__ = ["DataError", "ImageDataset", "concat"]
+__all__ = ["DataError", "SourceSpecError", "ImageDataset", "concat"]
 
 
 class DataError(InputError):
@@ -23,6 +23,11 @@ class DataError(InputError):
     A subclass of ``ValueError`` so generic callers still catch it, while the
     CLI can tell "your data is wrong" apart from a bug and print only the message.
     """
+
+
+class SourceSpecError(UsageError, DataError):
+    """A ``--data``/``--real`` spec that names no source: a usage error (exit 2),
+    still a DataError for the callers that catch those."""
 
 
 @dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous: identity equality, use fingerprint()

@@ -4,7 +4,10 @@ Nothing here downloads: the machines this runs on are offline, so every
 source is either bundled (scikit-learn digits), a Debian package
 (Fashion-MNIST) or files the user points at (idx, image folders, CSV).
 Every failure is a :class:`DataError` naming the file at fault, because the
-person who sees it has to go and fix that file.
+person who sees it has to go and fix that file. Labels follow the rules of
+:mod:`.labels` (whole-number indices 0..K-1 with every class used, or class
+names, one kind per source); images those of :mod:`.images` (one square size,
+mixed colour modes converted with a DataNote).
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .dataset import DataError, ImageDataset, concat
+from .dataset import DataError, ImageDataset, SourceSpecError, concat
+from .images import read_images
+from .labels import check_empty_folders, check_folder_names, check_indices, csv_class_names, csv_label_indices
 
 __all__ = [
     "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "IMAGE_EXTENSIONS", "load_digits", "load_idx",
@@ -27,7 +32,6 @@ FASHION_MNIST_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-_GRAY_MODES = ("1", "L", "LA")
 _SPLITS = ("train", "test", "all")
 _SOURCE_FORMS = (
     "digits", "fashion-mnist", "fashion-mnist:/dir",
@@ -39,7 +43,7 @@ _SOURCE_FORMS = (
 
 def _check_split(split: str) -> None:
     if split not in _SPLITS:
-        raise DataError(f"split must be one of {_SPLITS}, got {split!r}")
+        raise SourceSpecError(f"split must be one of {_SPLITS}, got {split!r}")
 
 
 # --------------------------------------------------------------------------- digits
@@ -104,11 +108,27 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=_IDX_DTYPES[type_code], offset=header).reshape(dims)
 
 
-def load_idx(images_path, labels_path, *, class_names=None, source: str = "") -> ImageDataset:
+def _idx_names(labels: np.ndarray, labels_path: Path, class_names, *, allow_empty: bool) -> tuple[str, ...]:
+    """Declared ``class_names`` (labels in range), else "0".."max" with every class used."""
+    def where(i: int) -> str:
+        return f"{labels_path}, record {i + 1}"
+
+    if class_names is not None:
+        check_indices(labels, len(class_names), where, str(labels_path))
+        return tuple(class_names)
+    top = int(labels.max(initial=0)) + 1
+    k = check_indices(labels, top if allow_empty else None, where, str(labels_path))
+    return tuple(str(i) for i in range(k))
+
+
+def load_idx(images_path, labels_path, *, class_names=None, source: str = "",
+             allow_empty_classes: bool = False, square: bool = False) -> ImageDataset:
     """Images and labels from a pair of idx files (MNIST layout), gz or plain.
 
-    Images may be ``(N, H, W)`` or ``(N, H, W, C)`` with C in {1, 3}. Without
-    ``class_names`` the classes are "0".."max label".
+    Images may be ``(N, H, W)`` or ``(N, H, W, C)`` with C in {1, 3};
+    ``square=True`` (what ``load_source`` asks, for training) refuses H != W.
+    Without ``class_names`` the classes are "0".."max label" and each must
+    have an image unless ``allow_empty_classes`` (a gap means a bad label).
     """
     images_path, labels_path = Path(images_path), Path(labels_path)
     images = _read_idx(images_path)
@@ -124,13 +144,13 @@ def load_idx(images_path, labels_path, *, class_names=None, source: str = "") ->
     if len(labels) != len(images):
         raise DataError(f"{images_path} has {len(images)} images but {labels_path} "
                         f"has {len(labels)} labels")
+    h, w = images.shape[2:]
+    if square and h != w:
+        raise DataError(f"{images_path}: all {len(images)} images are {w}x{h} (width x height), not square; crop or "
+                        "pad them to a square size first (the models generate square images)")
     labels = labels.astype(np.int64)
-    if class_names is None:
-        class_names = tuple(str(i) for i in range(int(labels.max(initial=0)) + 1))
-    elif len(labels) and labels.max() >= len(class_names):
-        raise DataError(f"{labels_path}: label {int(labels.max())} out of range "
-                        f"for {len(class_names)} classes")
-    return ImageDataset(images, labels, tuple(class_names), source or str(images_path))
+    names = _idx_names(labels, labels_path, class_names, allow_empty=allow_empty_classes)
+    return ImageDataset(images, labels, names, source or str(images_path))
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -179,81 +199,35 @@ def _scan_class_folders(path: Path, *, what: str) -> dict[str, list[Path]]:
     return classes
 
 
-def _scan_headers(files: Sequence[Path]) -> list[tuple[str, tuple[int, int]]]:
-    """``(mode, (width, height))`` per file from headers only (cheap), DataError naming bad files."""
-    from PIL import Image, UnidentifiedImageError
-
-    out = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                out.append((im.mode, im.size))
-        except FileNotFoundError:
-            raise DataError(f"{f}: image file not found") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{f}: unreadable or corrupt image ({exc})") from None
-    return out
-
-
-def _check_sizes(files: Sequence[Path], headers, *, what: str) -> tuple[int, int]:
-    """The common (width, height); DataError naming one file of each size otherwise."""
-    first_of: dict[tuple[int, int], Path] = {}
-    for f, (_, size) in zip(files, headers):
-        first_of.setdefault(size, f)
-    if len(first_of) > 1:
-        examples = ", ".join(f"{p} is {w}x{h}" for (w, h), p in list(first_of.items())[:4])
-        raise DataError(f"{what}: images differ in size ({len(first_of)} sizes: {examples}); "
-                        "resize them to one size first")
-    return next(iter(first_of))
-
-
-def _channels(headers, grayscale: bool | None) -> int:
-    if grayscale is None:
-        return 1 if all(mode in _GRAY_MODES for mode, _ in headers) else 3
-    return 1 if grayscale else 3
-
-
-def _decode(files: Sequence[Path], channels: int) -> np.ndarray:
-    """Fully decode to uint8 ``(N, C, H, W)``; truncated files surface here."""
-    from PIL import Image
-
-    arrays = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{f}: unreadable or corrupt image ({exc})") from None
-        arrays.append(arr[None] if channels == 1 else np.transpose(arr, (2, 0, 1)))
-    return np.stack(arrays)
+def _class_folders(path: Path, *, what: str, allow_empty: bool) -> dict[str, list[Path]]:
+    """The class folders of ``path``, checked: names of one kind, and (unless
+    ``allow_empty``) every class folder holding an image."""
+    classes = _scan_class_folders(path, what=what)
+    check_folder_names(list(classes), lambda name: path / name)
+    if not allow_empty:
+        check_empty_folders(classes, lambda name: path / name)
+    return classes
 
 
 def _read_files(files: Sequence[Path], labels, class_names, *, grayscale, source, what) -> ImageDataset:
-    headers = _scan_headers(files)
-    _check_sizes(files, headers, what=what)
-    images = _decode(files, _channels(headers, grayscale))
+    images = read_images(files, grayscale=grayscale, what=what)
     return ImageDataset(images, np.asarray(labels, dtype=np.int64), tuple(class_names), source)
 
 
-def load_image_folder(path, *, grayscale: bool | None = None) -> ImageDataset:
+def load_image_folder(path, *, grayscale: bool | None = None, allow_empty_classes: bool = False) -> ImageDataset:
     """``path/<class_name>/*.png|jpg|bmp``; sorted sub-folder names are the classes.
 
     ``grayscale=None`` keeps one channel only when every image is grayscale,
-    so a folder of RGB photos is never silently flattened.
+    so a folder of RGB photos is never silently flattened (a DataNote says how
+    many files were converted). An empty class folder is a DataError unless
+    ``allow_empty_classes`` (a test split, or a site lacking a class).
     """
     path = Path(path)
-    classes = _scan_class_folders(path, what="image folder")
+    classes = _class_folders(path, what="image folder", allow_empty=allow_empty_classes)
     names = tuple(classes)
     files = [f for fs in classes.values() for f in fs]
     labels = [i for i, fs in enumerate(classes.values()) for _ in fs]
     return _read_files(files, labels, names, grayscale=grayscale, source=str(path), what=str(path))
-
-
-def _as_int(s: str):
-    try:
-        return int(s)
-    except ValueError:
-        return None
 
 
 def _read_csv_table(path: Path):
@@ -275,42 +249,43 @@ def _read_csv_table(path: Path):
     return df
 
 
-def _infer_csv_names(raw: Sequence[str]) -> tuple[str, ...]:
-    ints = [_as_int(s) for s in raw]
-    if all(v is not None for v in ints):
-        return tuple(str(i) for i in range(max(max(ints), 0) + 1))
-    return tuple(sorted(set(raw)))
+def _csv_line(path: Path):
+    return lambda row: f"{path}, line {row + 2}"  # 1-based, after the header line
 
 
-def load_csv(path, *, root=None, class_names=None, grayscale: bool | None = None) -> ImageDataset:
+def _infer_csv_names(path: Path, raw: Sequence[str], *, allow_empty: bool = False) -> tuple[str, ...]:
+    return csv_class_names(raw, _csv_line(path), str(path), allow_empty=allow_empty)
+
+
+def load_csv(path, *, root=None, class_names=None, grayscale: bool | None = None,
+             allow_empty_classes: bool = False) -> ImageDataset:
     """Images listed in a CSV with columns ``path,label``.
 
-    ``label`` is a class index or a class name. With ``class_names`` given, a
-    label equal to a class name maps to that name (names win over integers);
-    otherwise it must be an integer index in range. Without ``class_names``,
-    integer labels give classes "0".."max" and string labels give the sorted
-    distinct names. Relative paths resolve against ``root`` (default: the
-    CSV's folder) so a dataset folder can be moved as a whole.
+    ``label`` is a class index or a class name, one kind per file. With
+    ``class_names`` given, a label equal to a class name maps to that name
+    (names win over integers); otherwise it must be an integer index in range,
+    and classes may lack images. Without ``class_names``, integer labels give
+    classes "0".."max", each of which must have an image unless
+    ``allow_empty_classes``, and string labels give the sorted distinct names.
+    Errors name the CSV line. Relative paths resolve against ``root``
+    (default: the CSV's folder) so a dataset folder can be moved as a whole.
     """
     path = Path(path)
     df = _read_csv_table(path)
     base = Path(root) if root is not None else path.parent
     raw = list(df["label"])
-    names = tuple(str(c) for c in (class_names if class_names is not None else _infer_csv_names(raw)))
-    lookup = {name: i for i, name in enumerate(names)}
-    labels, files = [], []
-    for row, (s, p) in enumerate(zip(raw, df["path"])):
+    if class_names is None:
+        names = _infer_csv_names(path, raw, allow_empty=allow_empty_classes)
+    else:
+        names = tuple(str(c) for c in class_names)
+    labels = csv_label_indices(raw, names, _csv_line(path), str(path))
+    files = []
+    for row, p in enumerate(df["path"]):
         line = row + 2  # 1-based, after the header line
-        v = lookup.get(s, _as_int(s))
-        if v is None:
-            raise DataError(f"{path}, line {line}: unknown class name {s!r}; known: {list(names)}")
-        if not 0 <= v < len(names):
-            raise DataError(f"{path}, line {line}: label {v} out of range [0, {len(names)})")
         f = Path(p.strip())
         f = f if f.is_absolute() else base / f
         if not f.is_file():
             raise DataError(f"{path}, line {line}: image {f} not found")
-        labels.append(v)
         files.append(f)
     return _read_files(files, labels, names, grayscale=grayscale, source=str(path), what=str(path))
 
@@ -328,13 +303,17 @@ def _pick(split: str, train, test, train_names, *, no_test: str) -> ImageDataset
     return concat([first, test(first.class_names)])
 
 
-def load_source(spec: str, *, split: str = "train") -> ImageDataset:
+def load_source(spec: str, *, split: str = "train", allow_empty_classes: bool = False) -> ImageDataset:
     """Resolve a ``--data`` spec string to a dataset (the CLI's single entry point).
 
     Sources without a built-in split take their test set from a sibling
     (``/path_test``, ``name_test.csv``, or the idx 4-path form) and label it
-    with the *training* classes, so class k means the same thing in both.
+    with the *training* classes, so class k means the same thing in both (the
+    test split may lack classes). ``allow_empty_classes`` lets the training
+    split declare classes without images too: one Flower site's folder may
+    lack a class the federation has.
     """
+    allow = allow_empty_classes
     _check_split(split)
     kind, _, arg = str(spec).partition(":")
     kind, arg = kind.strip().lower(), arg.strip()
@@ -345,14 +324,14 @@ def load_source(spec: str, *, split: str = "train") -> ImageDataset:
     if kind == "idx" and arg:
         p = [s.strip() for s in arg.split(",")]
         if len(p) not in (2, 4) or not all(p):
-            raise DataError("idx spec needs IMAGES,LABELS or IMAGES,LABELS,TEST_IMAGES,TEST_LABELS, "
+            raise SourceSpecError("idx spec needs IMAGES,LABELS or IMAGES,LABELS,TEST_IMAGES,TEST_LABELS, "
                             f"got {spec!r}")
         return _pick(
             split,
-            lambda: load_idx(p[0], p[1], source=f"idx:{p[0]}"),
-            (lambda names: load_idx(p[2], p[3], class_names=names, source=f"idx:{p[2]}"))
+            lambda: load_idx(p[0], p[1], source=f"idx:{p[0]}", allow_empty_classes=allow, square=True),
+            (lambda names: load_idx(p[2], p[3], class_names=names, source=f"idx:{p[2]}", square=True))
             if len(p) == 4 else None,
-            lambda: tuple(str(i) for i in range(int(_read_idx(Path(p[1])).max(initial=0)) + 1)),
+            lambda: _idx_names(_read_idx(Path(p[1])).astype(np.int64), Path(p[1]), None, allow_empty=allow),
             no_test=f"{spec!r} has no test split: pass idx:IMAGES,LABELS,TEST_IMAGES,TEST_LABELS",
         )
     if kind == "folder" and arg:
@@ -360,9 +339,10 @@ def load_source(spec: str, *, split: str = "train") -> ImageDataset:
         tpath = path.with_name(f"{path.name}_test")
         return _pick(
             split,
-            lambda: load_image_folder(path),
-            (lambda names: load_image_folder(tpath).with_class_names(names)) if tpath.is_dir() else None,
-            lambda: tuple(d.name for d in _subdirs(path)),
+            lambda: load_image_folder(path, allow_empty_classes=allow),
+            (lambda names: load_image_folder(tpath, allow_empty_classes=True).with_class_names(names))
+            if tpath.is_dir() else None,
+            lambda: tuple(_class_folders(path, what="image folder", allow_empty=allow)),
             no_test=f"{path} has no test split: create {tpath} with the same class sub-folders",
         )
     if kind == "csv" and arg:
@@ -370,9 +350,9 @@ def load_source(spec: str, *, split: str = "train") -> ImageDataset:
         tpath = path.with_name(f"{path.stem}_test{path.suffix}")
         return _pick(
             split,
-            lambda: load_csv(path),
+            lambda: load_csv(path, allow_empty_classes=allow),
             (lambda names: load_csv(tpath, class_names=names)) if tpath.is_file() else None,
-            lambda: _infer_csv_names(list(_read_csv_table(path)["label"])),
+            lambda: _infer_csv_names(path, list(_read_csv_table(path)["label"]), allow_empty=allow),
             no_test=f"{path} has no test split: create {tpath} with the same columns",
         )
     hint = ""
@@ -380,4 +360,4 @@ def load_source(spec: str, *, split: str = "train") -> ImageDataset:
         hint = f" (did you mean folder:{spec}?)"
     elif str(spec).lower().endswith(".csv"):
         hint = f" (did you mean csv:{spec}?)"
-    raise DataError(f"unknown data source {spec!r}{hint}; accepted forms: " + "; ".join(_SOURCE_FORMS))
+    raise SourceSpecError(f"unknown data source {spec!r}{hint}; accepted forms: " + "; ".join(_SOURCE_FORMS))

@@ -14,7 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from .dataset import DataError, ImageDataset, concat
-from .loaders import _channels, _check_sizes, _decode, _scan_class_folders, _scan_headers, _subdirs
+from .images import check_sizes, check_square, choose_channels, decode, scan_headers
+from .labels import check_folder_names
+from .loaders import _scan_class_folders, _subdirs
 
 __all__ = [
     "iid_partition",
@@ -193,12 +195,34 @@ def partition_dataset(
     )
 
 
+def _union_classes(path: Path, scans: dict[str, dict[str, list[Path]]]) -> tuple[str, ...]:
+    """The sorted union of class folder names; DataError for a class with no image in any
+    client (it would be generated, never trained) or names of mixed kinds."""
+    first_seen: dict[str, Path] = {}
+    held: set[str] = set()
+    for client, classes in scans.items():
+        for cls, files in classes.items():
+            first_seen.setdefault(cls, path / client / cls)
+            if files:
+                held.add(cls)
+    for cls, folder in first_seen.items():
+        if cls not in held:
+            raise DataError(f"class folder {folder} has no image, nor does class {cls!r} in any other client: a "
+                            "class without images would be generated but never trained; add images or remove it")
+    names = sorted(held)
+    check_folder_names(names, lambda cls: first_seen[cls])
+    return tuple(names)
+
+
 def load_client_folders(path, *, grayscale: bool | None = None) -> FederatedData:
     """The real federated layout ``path/<client>/<class>/*.png``.
 
-    Class names are the sorted union over clients (a client may lack a class);
-    labels index that union so every client shares one label space. Channels
-    are chosen over all clients together (grayscale only if every image is).
+    Class names are the sorted union over clients (a client may lack a class,
+    or hold an empty folder for it); labels index that union so every client
+    shares one label space. A class folder with no image in any client is a
+    DataError, as are class names of mixed kinds (see :mod:`.labels`) and
+    non-square images. Channels are chosen over all clients together
+    (grayscale only if every image is; a DataNote counts the conversions).
     """
     path = Path(path)
     if not path.is_dir():
@@ -215,16 +239,16 @@ def load_client_folders(path, *, grayscale: bool | None = None) -> FederatedData
             raise DataError(
                 f"client {d.name!r} is empty: no images in per-class sub-folders of {d}"
             ) from None
-    class_names = tuple(sorted({c for classes in scans.values() for c, fs in classes.items() if fs}))
+    class_names = _union_classes(path, scans)
     lookup = {c: i for i, c in enumerate(class_names)}
     per_client = {}
     sizes: dict[tuple[int, int], str] = {}
-    all_headers = []
+    all_files, all_headers = [], []
     for name, classes in scans.items():
         files = [f for fs in classes.values() for f in fs]
         labels = [lookup[c] for c, fs in classes.items() for _ in fs]
-        headers = _scan_headers(files)
-        size = _check_sizes(files, headers, what=f"client {name!r}")
+        headers = scan_headers(files)
+        size = check_sizes(files, headers, what=f"client {name!r}")
         if sizes and size not in sizes:
             other_size, other = next(iter(sizes.items()))
             raise DataError(
@@ -232,11 +256,13 @@ def load_client_folders(path, *, grayscale: bool | None = None) -> FederatedData
                 f"({other_size[0]}x{other_size[1]} vs {size[0]}x{size[1]}); resize them to one size first"
             )
         sizes.setdefault(size, name)
+        all_files.extend(files)
         all_headers.extend(headers)
         per_client[name] = (files, labels)
-    channels = _channels(all_headers, grayscale)
+    check_square(next(iter(sizes)), len(all_files), all_files[0], what=f"client folders {path}")
+    channels = choose_channels(all_files, all_headers, grayscale, what=f"client folders {path}")
     clients = tuple(
-        ImageDataset(_decode(files, channels), np.asarray(labels, np.int64), class_names,
+        ImageDataset(decode(files, channels), np.asarray(labels, np.int64), class_names,
                      str(path / name))
         for name, (files, labels) in per_client.items()
     )

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from synthfed.config import TrainConfig
 from synthfed.data import ImageDataset, load_source
@@ -66,7 +66,8 @@ def node_dataset(config: TrainConfig, *, partition_id: int, data: str | None = N
         raise NodeError(f"partition-id {partition_id} is outside 0..{config.num_clients - 1} (the run has "
                         f"{config.num_clients} clients)")
     if data:
-        own = load_source(data, split="train")
+        # A site may lack a class and keep the federation's class list with an empty folder.
+        own = load_source(data, split="train", allow_empty_classes=True)
         if config.image_size is not None:
             own = own.resized(config.image_size)
         return cap_client(config, partition_id, own)
@@ -123,10 +124,8 @@ class NodeStore:
         """Weights first, then the commit point; old rounds pruned last."""
         path = self.local_file(server_round)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        write_bytes_atomic(path, tmp.read_bytes())
-        tmp.unlink()
+        # save() gives bytes for the atomic write: no temp name of our own to collide.
+        write_bytes_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
         self.commit_state(state)
         for old in sorted(state.rounds)[:-KEEP_LOCAL_ROUNDS]:
             if old < server_round:

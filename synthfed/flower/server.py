@@ -172,6 +172,13 @@ class FlowerServer:
 
     # -- the run ---------------------------------------------------------------
     def run(self) -> dict:
+        """The whole run, owning the run directory (one server per run directory)."""
+        from synthfed.locking import run_lock
+
+        with run_lock(self.options.run_dir, "synthfed flower run"):
+            return self._run()
+
+    def _run(self) -> dict:
         config, options = self.config, self.options
         self.connect()
         any_cid = min(self.described)
