@@ -32,7 +32,7 @@ $(VENV)/.fid-installed: $(STAMP)
 	touch $(VENV)/.fid-installed
 
 test: setup $(VENV)/.fid-installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py
