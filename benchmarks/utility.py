@@ -1,0 +1,162 @@
+"""Quality per compute: train under a wall-clock budget, sample, audit; one row per setting.
+
+    python benchmarks/utility.py --data fashion-mnist --image-size 16 --minutes 60 \\
+        --rows nonprivate:centralized,10:centralized,10:fedavg,1:centralized --out runs/utility
+
+Each row ``EPSILON:STRATEGY`` (``nonprivate`` for no DP) is planned to fit the
+budget: a short probe measures seconds per training step on this machine, and
+the number of local epochs is the most whose planned steps fit ``--minutes``
+(DP-SGD needs its step count before training: the accountant turns epsilon into
+noise for exactly those steps). Then ``synthfed generate`` samples
+``--per-class`` images per class and the project's own audit trains
+classifiers on them (selection on a synthetic validation split, never the real
+test set) and tests on the real test split. Printed side by side: TSTR accuracy,
+worst class, class-wise bias, classifier-feature FID against the real test set,
+epsilon spent (from the ledger, replace-one), steps, training images/s, wall
+times. Rows go to ``OUT/results.jsonl`` as they finish.
+
+Run one at a time on a quiet machine: a figure measured under load misleads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_rows(text: str) -> list[tuple[float | None, str]]:
+    rows = []
+    for item in text.split(","):
+        eps, _, strategy = item.strip().partition(":")
+        rows.append((None if eps == "nonprivate" else float(eps), strategy or "centralized"))
+    return rows
+
+
+def base_config(args, epsilon: float | None, strategy: str, *, local_epochs: int = 1, max_client_size=None):
+    from synthfed.config import TrainConfig
+
+    return TrainConfig(
+        data=args.data, image_size=args.image_size, preset=args.preset, strategy=strategy,
+        num_clients=1 if strategy == "centralized" else args.clients, alpha=args.alpha,
+        partition="iid" if strategy == "centralized" else "dirichlet",
+        rounds=args.rounds, local_epochs=local_epochs, batch_size=args.batch_size, lr=args.lr,
+        ema_decay=args.ema_decay, precision=args.precision, epsilon=epsilon,
+        noise_multiplicity=args.noise_multiplicity if epsilon is not None else 1,
+        max_client_size=max_client_size or args.max_client_size, num_train_timesteps=args.timesteps,
+        device=args.device, seed=args.seed,
+    ).validate()
+
+
+def seconds_per_step(args, epsilon, strategy, work: Path) -> float:
+    """A few real steps of the same model and mechanism (plan overhead excluded)."""
+    from synthfed.train import train
+
+    probe_steps = 16
+    probe = base_config(args, epsilon, strategy, max_client_size=args.batch_size * probe_steps).replace(
+        rounds=1, num_clients=1, strategy="centralized", partition="iid")
+    start = time.perf_counter()
+    train(probe, work / "probe")  # includes calibration and one checkpoint: errs on the slow side
+    return (time.perf_counter() - start) / probe_steps
+
+
+def plan_epochs(args, epsilon, strategy, sec_per_step: float) -> tuple[int, int]:
+    """(local epochs, planned steps over all clients) fitting the budget."""
+    from synthfed.train import load_federated_data
+
+    fed = load_federated_data(base_config(args, epsilon, strategy))
+    steps_per_epoch = sum(math.ceil(len(c) / args.batch_size) for c in fed.clients) * args.rounds
+    epochs = max(1, int(args.minutes * 60 / (sec_per_step * steps_per_epoch)))
+    return epochs, epochs * steps_per_epoch
+
+
+def classifier_fid(args, dataset: Path) -> float:
+    from synthfed.data import load_source
+    from synthfed.evaluate.cache import EvalCache
+    from synthfed.evaluate.fid import ClassifierFeatures, FeatureStats, fid_between
+    from synthfed.generate import load_generated
+
+    real_train, real_test = (load_source(args.data, split=s).resized(args.image_size) for s in ("train", "test"))
+    features = ClassifierFeatures.fit(real_train, cache=EvalCache())
+    _, test_feats = features.outputs(np.array(real_test.images))
+    synthetic, _ = load_generated(dataset)
+    _, feats = features.outputs(np.array(synthetic.images))
+    return fid_between(FeatureStats.from_features(feats, keep_features=False),
+                       FeatureStats.from_features(test_feats, keep_features=False))
+
+
+def run_row(args, epsilon, strategy, out: Path) -> dict:
+    from synthfed.fairness.audit import run_audit
+    from synthfed.generate import generate_dataset, load_generator
+    from synthfed.train import train
+
+    name = f"{'nonprivate' if epsilon is None else f'eps{epsilon:g}'}-{strategy}"
+    work = out / name
+    sps = seconds_per_step(args, epsilon, strategy, work)
+    epochs, steps = plan_epochs(args, epsilon, strategy, sps)
+    config = base_config(args, epsilon, strategy, local_epochs=epochs)
+    start = time.perf_counter()
+    result = train(config, work / "run")
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    gen = load_generator(result.run_dir)
+    dataset = generate_dataset(gen, work / "data", per_class=args.per_class, num_steps=args.sample_steps,
+                               guidance_scale=args.guidance, allow_non_private=epsilon is None, seed=args.seed)
+    sample_s = time.perf_counter() - start
+    report = run_audit(dataset, real=args.data, out_dir=work / "audit", families=tuple(args.classifiers.split(",")),
+                       mia=False, max_real_train=args.max_real_train)
+    tstr = report["utility"]["tstr"]
+    eps_spent = max((r["eps_upper"] for r in gen.privacy.get("clients", [])), default=None)
+    return {
+        "row": name, "epsilon_target": epsilon, "strategy": strategy, "epsilon_spent_max": eps_spent,
+        "tstr_accuracy": tstr["accuracy"], "worst_class": tstr["worst_class"], "bias": tstr["bias"],
+        "fid_classifier": classifier_fid(args, dataset), "local_epochs": epochs, "planned_steps": steps,
+        "train_images_per_s": steps * args.batch_size / train_s, "train_s": train_s, "sample_s": sample_s,
+        "seconds_per_step_probe": sps, "command": vars(args),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="digits")
+    p.add_argument("--image-size", type=int, default=8)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--rows", default="nonprivate:centralized,10:centralized,1:centralized")
+    p.add_argument("--minutes", type=float, default=5.0, help="training budget per row (sampling and audit extra)")
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--rounds", type=int, default=1, help="rounds (FedAvg averages after each)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--noise-multiplicity", type=int, default=1)
+    p.add_argument("--max-client-size", type=int, default=None)
+    p.add_argument("--timesteps", type=int, default=1000)
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--classifiers", default="logreg,cnn")
+    p.add_argument("--max-real-train", type=int, default=5000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/utility"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = f"{'row':<24}{'TSTR':>7}{'worst':>7}{'bias':>7}{'FID':>8}{'eps':>8}{'steps':>7}{'img/s':>8}{'train s':>9}"
+    print(header)
+    for epsilon, strategy in parse_rows(args.rows):
+        row = run_row(args, epsilon, strategy, args.out)
+        with open(args.out / "results.jsonl", "a") as fh:
+            fh.write(json.dumps(row, default=str) + "\n")
+        eps = "-" if row["epsilon_spent_max"] is None else f"{row['epsilon_spent_max']:.3g}"
+        print(f"{row['row']:<24}{row['tstr_accuracy']:>7.3f}{row['worst_class']:>7.3f}{row['bias']:>7.3f}"
+              f"{row['fid_classifier']:>8.2f}{eps:>8}{row['planned_steps']:>7}{row['train_images_per_s']:>8.1f}"
+              f"{row['train_s']:>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
