@@ -55,9 +55,12 @@ def seconds_per_step(args, epsilon, strategy, work: Path) -> float:
     """A few real steps of the same model and mechanism (plan overhead excluded)."""
     from synthfed.train import train
 
-    probe_steps = 16
-    probe = base_config(args, epsilon, strategy, max_client_size=args.batch_size * probe_steps).replace(
+    from synthfed.train import load_federated_data
+
+    probe = base_config(args, epsilon, strategy, max_client_size=args.batch_size * 16).replace(
         rounds=1, num_clients=1, strategy="centralized", partition="iid")
+    # Up to 16 steps: fewer when the data holds less than 16 batches.
+    probe_steps = math.ceil(len(load_federated_data(probe).clients[0]) / args.batch_size)
     start = time.perf_counter()
     train(probe, work / "probe")  # includes calibration and one checkpoint: errs on the slow side
     return (time.perf_counter() - start) / probe_steps
