@@ -121,11 +121,11 @@ def train(
     if ledger_path.is_file():
         import json
 
-        from synthfed.cli.privacy_cmds import ledger_table
+        from synthfed.cli.privacy_cmds import print_ledger
         from synthfed.privacy.ledger import PrivacyLedger
 
         rows = PrivacyLedger.from_dict(json.loads(ledger_path.read_text())).table()
-        out.print(ledger_table(rows, "privacy spent (accountant, for the steps that ran)"))
+        print_ledger(rows, "privacy spent (accountant, for the steps that ran)")
     else:
         out.print("privacy: NOT differentially private (no --epsilon)")
 

@@ -51,6 +51,17 @@ def ledger_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+def print_ledger(rows: list[dict], title: str) -> None:
+    """The ledger table, then the accountant(s) that computed it and the unit it is stated in."""
+    out.print(ledger_table(rows, title))
+    if rows:
+        from synthfed.privacy.accountant import UNIT_OF_PRIVACY
+
+        # Each client's figure may come from a different discretization: list every one.
+        out.print(f"accountant: {'; '.join(dict.fromkeys(r['accountant'] for r in rows))}")
+        out.print(f"unit of privacy: {UNIT_OF_PRIVACY}")
+
+
 @privacy_app.command("report")
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory."),
@@ -77,15 +88,7 @@ def report(
     if as_json:
         out.print_json(data=rows)
         return
-    out.print(ledger_table(rows, f"privacy ledger of {run_dir} after {round_dir.name}"))
-    if rows:
-        # Clients can be answered by different accountants (prv-accountant, or
-        # Opacus's PRV where prv-accountant's discretisation fails): list each.
-        accountants = "; ".join(dict.fromkeys(r["accountant"] for r in rows))
-        out.print(f"accountant: {accountants}")
-        from synthfed.privacy.accountant import UNIT_OF_PRIVACY
-
-        out.print(f"unit of privacy: {UNIT_OF_PRIVACY}")
+    print_ledger(rows, f"privacy ledger of {run_dir} after {round_dir.name}")
 
 
 @privacy_app.command("calibrate")
