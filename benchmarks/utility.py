@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+PROBE_STEPS = 8
+
 
 def parse_rows(text: str) -> list[tuple[float | None, str]]:
     rows = []
@@ -36,16 +38,20 @@ def parse_rows(text: str) -> list[tuple[float | None, str]]:
     return rows
 
 
-def base_config(args, epsilon: float | None, strategy: str, *, local_epochs: int = 1, max_client_size=None):
+def base_config(args, epsilon: float | None, strategy: str, *, local_steps: int | None = None, max_client_size=None):
     from synthfed.config import TrainConfig
 
+    private = epsilon is not None
+    warm = args.warm_start if private else "none"
     return TrainConfig(
         data=args.data, image_size=args.image_size, preset=args.preset, strategy=strategy,
         num_clients=1 if strategy == "centralized" else args.clients, alpha=args.alpha,
         partition="iid" if strategy == "centralized" else "dirichlet",
-        rounds=args.rounds, local_epochs=local_epochs, batch_size=args.batch_size, lr=args.lr,
+        rounds=args.rounds, local_steps=local_steps, batch_size=args.batch_size, lr=args.lr,
         ema_decay=args.ema_decay, precision=args.precision, epsilon=epsilon,
-        noise_multiplicity=args.noise_multiplicity if epsilon is not None else 1,
+        noise_multiplicity=args.noise_multiplicity if private else 1, max_grad_norm=args.max_grad_norm,
+        physical_batch_size=args.physical_batch_size if private else None, warm_start=warm,
+        warm_start_share=args.warm_start_share, warm_start_steps=args.warm_start_steps,
         max_client_size=max_client_size or args.max_client_size, num_train_timesteps=args.timesteps,
         device=args.device, seed=args.seed,
     ).validate()
@@ -55,25 +61,32 @@ def seconds_per_step(args, epsilon, strategy, work: Path) -> float:
     """A few real steps of the same model and mechanism (plan overhead excluded)."""
     from synthfed.train import train
 
-    from synthfed.train import load_federated_data
-
-    probe = base_config(args, epsilon, strategy, max_client_size=args.batch_size * 16).replace(
-        rounds=1, num_clients=1, strategy="centralized", partition="iid")
-    # Up to 16 steps: fewer when the data holds less than 16 batches.
-    probe_steps = math.ceil(len(load_federated_data(probe).clients[0]) / args.batch_size)
+    probe = base_config(args, epsilon, strategy, local_steps=PROBE_STEPS).replace(
+        rounds=1, num_clients=1, strategy="centralized", partition="iid", warm_start="none",
+        max_client_size=max(args.batch_size * 4, 1000))
     start = time.perf_counter()
-    train(probe, work / "probe")  # includes calibration and one checkpoint: errs on the slow side
-    return (time.perf_counter() - start) / probe_steps
+    train(probe, work)  # includes calibration and one checkpoint: errs on the slow side
+    return (time.perf_counter() - start) / PROBE_STEPS
 
 
-def plan_epochs(args, epsilon, strategy, sec_per_step: float) -> tuple[int, int]:
-    """(local epochs, planned steps over all clients) fitting the budget."""
+def plan_steps(args, epsilon, strategy, work: Path) -> tuple[int, float, float]:
+    """(local steps per client per round, DP-SGD s/step, warm-start s/step) fitting ``--minutes``.
+
+    The warm start (plain steps on draws of the DP class Gaussians) comes out
+    of the same budget; what is left goes to the (DP-)SGD steps."""
     from synthfed.train import load_federated_data
 
-    fed = load_federated_data(base_config(args, epsilon, strategy))
-    steps_per_epoch = sum(math.ceil(len(c) / args.batch_size) for c in fed.clients) * args.rounds
-    epochs = max(1, int(args.minutes * 60 / (sec_per_step * steps_per_epoch)))
-    return epochs, epochs * steps_per_epoch
+    sps = seconds_per_step(args, epsilon, strategy, work / "probe")
+    warm_sps, budget = 0.0, args.minutes * 60
+    if epsilon is not None and args.warm_start == "central":
+        warm_sps = seconds_per_step(args, None, strategy, work / "probe-warm")
+        personal = strategy == "local"
+        budget -= warm_sps * args.warm_start_steps * (args.clients if personal else 1)
+    clients = len(load_federated_data(base_config(args, epsilon, strategy)).clients)
+    steps = int(budget / (sps * clients * args.rounds))
+    if steps < 1:
+        raise SystemExit(f"--minutes {args.minutes}: the warm start alone takes the budget; fewer --warm-start-steps")
+    return steps, sps, warm_sps
 
 
 def classifier_fid(args, dataset: Path) -> float:
@@ -98,9 +111,9 @@ def run_row(args, epsilon, strategy, out: Path) -> dict:
 
     name = f"{'nonprivate' if epsilon is None else f'eps{epsilon:g}'}-{strategy}"
     work = out / name
-    sps = seconds_per_step(args, epsilon, strategy, work)
-    epochs, steps = plan_epochs(args, epsilon, strategy, sps)
-    config = base_config(args, epsilon, strategy, local_epochs=epochs)
+    local_steps, sps, warm_sps = plan_steps(args, epsilon, strategy, work)
+    config = base_config(args, epsilon, strategy, local_steps=local_steps)
+    steps = local_steps * args.rounds * (1 if strategy == "centralized" else args.clients)
     start = time.perf_counter()
     result = train(config, work / "run")
     train_s = time.perf_counter() - start
@@ -116,9 +129,9 @@ def run_row(args, epsilon, strategy, out: Path) -> dict:
     return {
         "row": name, "epsilon_target": epsilon, "strategy": strategy, "epsilon_spent_max": eps_spent,
         "tstr_accuracy": tstr["accuracy"], "worst_class": tstr["worst_class"], "bias": tstr["bias"],
-        "fid_classifier": classifier_fid(args, dataset), "local_epochs": epochs, "planned_steps": steps,
+        "fid_classifier": classifier_fid(args, dataset), "local_steps": local_steps, "planned_steps": steps,
         "train_images_per_s": steps * args.batch_size / train_s, "train_s": train_s, "sample_s": sample_s,
-        "seconds_per_step_probe": sps, "command": vars(args),
+        "seconds_per_step_probe": sps, "warm_seconds_per_step_probe": warm_sps, "command": vars(args),
     }
 
 
@@ -137,6 +150,11 @@ def main() -> None:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--precision", default="fp32")
     p.add_argument("--noise-multiplicity", type=int, default=1)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--physical-batch-size", type=int, default=None)
+    p.add_argument("--warm-start", default="none", choices=("none", "central"))
+    p.add_argument("--warm-start-share", type=float, default=0.5)
+    p.add_argument("--warm-start-steps", type=int, default=1000)
     p.add_argument("--max-client-size", type=int, default=None)
     p.add_argument("--timesteps", type=int, default=1000)
     p.add_argument("--per-class", type=int, default=100)

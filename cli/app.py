@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from synthfed.cli.errors import DEBUG_ENV, SynthfedGroup
+from synthfed.cli.errors import DEBUG_ENV, SynthfedGroup, say
 from synthfed.cli.render import RichProgress
 from synthfed.config import ConfigError, TrainConfig, check_device
 from synthfed.errors import UsageError
@@ -48,9 +48,34 @@ def parse_participation(text: str) -> float:
         raise ConfigError(f"--participation must be a fraction like 0.5 or a count like 3, not {text!r}") from None
 
 
-def train_config(p: dict) -> TrainConfig:
+def train_config(p: dict, *, explicit: set[str] | None = None, engine: str = "simulation") -> TrainConfig:
     """The validated ``TrainConfig`` of ``synthfed train``'s option values (also
-    used by ``synthfed flower run``, which takes the same options)."""
+    used by ``synthfed flower run``, which takes the same options). Under
+    ``--epsilon`` the DP recipe (``synthfed.recipes``) fills the options not in
+    ``explicit`` (all of them when None), with one note line saying so."""
+    from synthfed.recipes import RECIPE_NAME, recipe_changes, resolve_warm_start
+
+    warm = resolve_warm_start(p["warm_start"], private=p["epsilon"] is not None, strategy=p["strategy"], engine=engine)
+    config = _train_config({**p, "warm_start": warm})
+    changes = recipe_changes(config.to_dict(), explicit or set())
+    if changes or (warm == "central" and p["warm_start"] == "auto"):
+        config = config.replace(**changes).validate()
+        chosen = ", ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                           for k, v in {"warm_start": warm, **changes}.items())
+        say("note:", "bold cyan", f"DP recipe {RECIPE_NAME}: {chosen} (give an option to override it; "
+                                  "--warm-start none for DP-SGD alone)")
+    return config
+
+
+def given_options(ctx: click.Context) -> set[str]:
+    """TrainConfig fields of the options typed on the command line."""
+    from click.core import ParameterSource
+
+    names = {"clients": "num_clients", "timesteps": "num_train_timesteps"}
+    return {names.get(n, n) for n in ctx.params if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+
+
+def _train_config(p: dict) -> TrainConfig:
     return TrainConfig(
         data=p["data"], image_size=p["image_size"], partition=p["partition"], num_clients=p["clients"],
         alpha=p["alpha"], min_partition_size=p["min_partition_size"], max_client_size=p["max_client_size"],
@@ -61,6 +86,10 @@ def train_config(p: dict) -> TrainConfig:
         noise_multiplicity=p["noise_multiplicity"], head=p["head"], head_epochs=p["head_epochs"], t0=p["t0"],
         clip_norm=p["clip_norm"], upload_copies=p["upload_copies"], label_epsilon=p["label_epsilon"],
         public_labels=p["public_labels"], local_epsilon=p["local_epsilon"], device=p["device"], seed=p["seed"],
+        local_steps=p["local_steps"], physical_batch_size=p["physical_batch_size"], warm_start=p["warm_start"],
+        warm_start_share=p["warm_start_share"], warm_start_steps=p["warm_start_steps"],
+        warm_start_rank=p["warm_start_rank"], warm_start_clip=p["warm_start_clip"],
+        init_from=None if p["init_from"] is None else str(p["init_from"]),
     ).validate()
 
 
@@ -76,6 +105,7 @@ def train(
     max_client_size: Optional[int] = typer.Option(None, help="Keep at most this many images per client (seeded subset; CPU-scale experiments)."),
     rounds: int = typer.Option(5, help="Federated rounds R."),
     local_epochs: int = typer.Option(1, help="Local epochs E per round."),
+    local_steps: Optional[int] = typer.Option(None, help="Local steps per round instead of whole epochs (DP-SGD on a CPU budget: fewer, larger steps)."),
     participation: str = typer.Option("1.0", help="Clients per round: a fraction in (0, 1] (1 = all) or a count >= 2; one client a round is the fraction 1/K."),
     batch_size: int = typer.Option(32, help="Batch size (expected batch size under DP-SGD)."),
     lr: float = typer.Option(2e-4, help="Adam learning rate."),
@@ -88,6 +118,13 @@ def train(
     delta: Optional[float] = typer.Option(None, help="DP delta per client (default 1/(10 n_k))."),
     max_grad_norm: float = typer.Option(1.0, help="DP-SGD per-example clipping norm C."),
     noise_multiplicity: int = typer.Option(1, help="DP-SGD: (t, noise) draws averaged per example before clipping."),
+    physical_batch_size: Optional[int] = typer.Option(None, help="DP-SGD: process each logical (Poisson) batch in chunks of this size (memory); the privacy plan is the logical batch's."),
+    warm_start: str = typer.Option("auto", help="auto (under --epsilon: central) | central (pretrain on one DP release of each class's mean and principal directions) | none."),
+    warm_start_share: float = typer.Option(0.5, help="Part of --epsilon the central images get on their own; DP-SGD is calibrated to the rest of the composition."),
+    warm_start_steps: int = typer.Option(1000, help="Pretraining steps on draws of the DP class Gaussians (post-processing, no budget)."),
+    warm_start_rank: int = typer.Option(10, help="Principal directions kept per class (0: class means only)."),
+    warm_start_clip: Optional[float] = typer.Option(None, help="L2 clip of each image before the central release (default sqrt(#pixels): no image changes)."),
+    init_from: Optional[Path] = typer.Option(None, help="Start from this model folder's weights (e.g. synthfed pretrain on public data); costs no budget, the card names it."),
     head: str = typer.Option("up", help="fedper/fedrep: the local head: up | out | class-embedding, or glob patterns like 'up_blocks.1.*,conv_out.*'."),
     head_epochs: int = typer.Option(1, help="fedrep: head-only epochs before the body epochs."),
     t0: Optional[int] = typer.Option(None, help="pfdm: hand-off timestep (default: the accountant picks it from --epsilon)."),
@@ -110,7 +147,7 @@ def train(
 
         config, out_dir = resumed_config(ctx, resume), resume
     else:
-        config = train_config(ctx.params)
+        config = train_config(ctx.params, explicit=given_options(ctx))
     with RichProgress(err) as progress:
         result = run_train(config, out_dir, resume=resume is not None, progress=progress)
     last = result.history[-1]

@@ -34,14 +34,16 @@ def _train_options(name: str, args: list[str], resume_from: Optional[Path] = Non
     """``synthfed train``'s options, parsed by the train command itself (its
     usage errors reach the CLI's error boundary as they are). With
     ``resume_from``: that run's own configuration, as ``train --resume`` gives it."""
-    from synthfed.cli.app import app, train_config
+    from synthfed.cli.app import given_options, app, train_config
     from synthfed.cli.resume import resumed_config
 
     command = typer.main.get_command(app).get_command(None, "train")
     with command.make_context(name, list(args)) as ctx:
         if ctx.params.get("resume") is not None:
             raise UsageError("use --resume of synthfed flower run (the nodes keep their state by run name)")
-        return train_config(ctx.params) if resume_from is None else resumed_config(ctx, resume_from)
+        if resume_from is not None:
+            return resumed_config(ctx, resume_from)
+        return train_config(ctx.params, explicit=given_options(ctx), engine="flower")
 
 
 def _stop_on_signals() -> None:

@@ -115,10 +115,14 @@ def calibrate(
     label_epsilon: Optional[float] = typer.Option(None, help="pfdm: randomized-response epsilon of the labels."),
     public_labels: bool = typer.Option(False, "--public-labels", help="pfdm: labels declared public."),
     local_epsilon: Optional[float] = typer.Option(None, help="pfdm: DP-SGD epsilon of the local denoisers."),
+    local_steps: Optional[int] = typer.Option(None, help="Local steps per round instead of whole epochs (as train)."),
+    warm_start: str = typer.Option("auto", help="auto (central except pfdm, as train under --epsilon) | central | none."),
+    warm_start_share: float = typer.Option(0.5, help="Part of epsilon the central images get on their own (as train)."),
 ) -> None:
     """What noise (or PFDM t0) does each client get for (epsilon, delta)? Exactly the plan `synthfed train`
     would run with the same options (the same planner); trains nothing."""
     from synthfed.config import TrainConfig
+    from synthfed.recipes import resolve_warm_start
     from synthfed.train import load_federated_data
 
     if n is not None and n < 1:
@@ -129,7 +133,8 @@ def calibrate(
         local_epochs=local_epochs, head_epochs=head_epochs, strategy=strategy, num_train_timesteps=timesteps,
         image_size=image_size, epsilon=epsilon, delta=delta, clip_norm=clip_norm, upload_copies=upload_copies,
         label_epsilon=label_epsilon, public_labels=public_labels or (strategy == "pfdm" and label_epsilon is None),
-        local_epsilon=local_epsilon,
+        local_epsilon=local_epsilon, local_steps=local_steps, warm_start_share=warm_start_share,
+        warm_start=resolve_warm_start(warm_start, private=True, strategy=strategy, engine="simulation"),
     ).validate()
     if n is not None:
         sizes, names, shape = {0: n}, {0: "0"}, None  # one client, id 0 (as in the ledgers)
@@ -149,15 +154,20 @@ def _calibrate_dp_sgd(config, sizes: dict[int, int], names: dict[int, str]) -> N
     from synthfed.privacy.planner import plan_dp_sgd
 
     plans = plan_dp_sgd(config, sizes, names=names)
-    title = (f"noise for epsilon={config.epsilon} ({ADJACENCY}) over {config.rounds} rounds x "
-             f"{config.epochs_per_round()} epochs, B={config.batch_size}")
+    per_round = (f"{config.local_steps} steps" if config.local_steps is not None
+                 else f"{config.epochs_per_round()} epochs")
+    central = config.warm_start == "central"
+    title = (f"noise for epsilon={config.epsilon} ({ADJACENCY}) over {config.rounds} rounds x {per_round}, "
+             f"B={config.batch_size}" + (f"; central images get {config.warm_start_share:g} of epsilon" if central else ""))
     table = Table(title=title)
-    for col in ["client", "n", "delta", "q", "steps", "sigma", "eps upper at sigma"]:
+    cols = ["client", "n", "delta", "q", "steps", "sigma"] + (["central sigma"] if central else []) + ["eps upper at sigma"]
+    for col in cols:
         table.add_column(col, justify="right")
     for cid, nz in plans.items():
-        check = compute_epsilon([nz.planned_mechanism()], delta=nz.delta)
+        check = compute_epsilon(nz.planned_mechanisms(), delta=nz.delta)
+        extra = [_fmt(nz.central_noise, 5)] if central else []
         table.add_row(names[cid], str(nz.num_records), _fmt(nz.delta, 3), _fmt(nz.sampling_rate),
-                      str(nz.planned_steps), _fmt(nz.noise_multiplier, 5), _fmt(check.epsilon_upper))
+                      str(nz.planned_steps), _fmt(nz.noise_multiplier, 5), *extra, _fmt(check.epsilon_upper))
     out.print(table)
 
 

@@ -177,14 +177,16 @@ def _predicted_gap(err: float, interval: float, eps_error: float, floor: float) 
 
 def find_noise_multiplier(
     *, target_epsilon: float, delta: float, sampling_rate: float, steps: int,
-    eps_error: float = 0.01, sigma_max: float = 100.0,
+    eps_error: float = 0.01, sigma_max: float = 100.0, before: tuple = (),
 ) -> float:
     """Smallest DP-SGD noise multiplier (5 significant digits, within 1e-3 relative of optimal) whose
     replace-one PLD upper bound over `steps` Poisson-subsampled steps is <= target_epsilon at `delta`.
 
     The bound is the one ``compute_epsilon(..., eps_error=eps_error)`` reports,
-    so a ledger of the planned steps agrees with the plan.  Raises
-    CalibrationError when even sigma_max cannot meet the target."""
+    so a ledger of the planned steps agrees with the plan.  ``before``: fixed
+    mechanisms released as well (e.g. the DP central images); the bound is
+    then that of their composition with the steps.  Raises CalibrationError
+    when even sigma_max cannot meet the target."""
     target_epsilon, delta, eps_error = float(target_epsilon), float(delta), float(eps_error)
     _check_common(target_epsilon, delta, eps_error)
     if not 0 < sampling_rate <= 1:
@@ -193,15 +195,17 @@ def find_noise_multiplier(
         raise CalibrationError(f"steps must be a positive integer, got {steps!r}")
     if not sigma_max > 0:
         raise ValueError(f"sigma_max must be > 0, got {sigma_max!r}")
-    return _find_noise_multiplier(target_epsilon, delta, float(sampling_rate), int(steps), eps_error, float(sigma_max))
+    return _find_noise_multiplier(target_epsilon, delta, float(sampling_rate), int(steps), eps_error, float(sigma_max),
+                                  tuple(before))
 
 
 @functools.lru_cache(maxsize=1024)
-def _find_noise_multiplier(target: float, delta: float, q: float, steps: int, eps_error: float, sigma_max: float) -> float:
+def _find_noise_multiplier(target: float, delta: float, q: float, steps: int, eps_error: float, sigma_max: float,
+                           before: tuple = ()) -> float:
     def predicted_upper(level: float):
         """The final bound as predicted from a grid `level` times coarser: estimate + the gap the final grid leaves."""
         def f(s):
-            mechs = (SubsampledGaussian(s, q, steps),)
+            mechs = (*before, SubsampledGaussian(s, q, steps))
             up, est, err, interval = _pld_upper(mechs, delta, level * eps_error, TAIL_MASS)
             if not math.isfinite(up):
                 return up
@@ -209,11 +213,12 @@ def _find_noise_multiplier(target: float, delta: float, q: float, steps: int, ep
         return f
 
     def upper(s):  # compute_epsilon's epsilon_upper, without its lower bound (not needed here)
-        return _pld_upper((SubsampledGaussian(s, q, steps),), delta, eps_error, TAIL_MASS)[0]
+        return _pld_upper((*before, SubsampledGaussian(s, q, steps)), delta, eps_error, TAIL_MASS)[0]
 
     def unreachable(eps_at_max):
+        also = " together with the central images' release (lower --warm-start-share)" if before else ""
         return CalibrationError(
-            f"target epsilon {target:g} (delta={delta:g}) is unreachable for this plan (q={q:g}, {steps} steps): "
+            f"target epsilon {target:g} (delta={delta:g}) is unreachable for this plan (q={q:g}, {steps} steps{also}): "
             f"even noise multiplier {sigma_max:g} gives epsilon ~{eps_at_max:.4g}. Plan fewer steps (fewer rounds or "
             f"local epochs), a smaller sampling rate (smaller batches or more records), a larger epsilon or delta, "
             f"or allow a larger sigma_max"

@@ -21,7 +21,14 @@ import torch
 
 from synthfed.config import TrainConfig
 from synthfed.privacy.accountant import SubsampledGaussian, compute_epsilon
-from synthfed.privacy.calibration import CalibrationError, default_delta, find_noise_multiplier, validate_privacy_target
+from synthfed.privacy.calibration import (
+    CalibrationError,
+    default_delta,
+    find_gaussian_noise,
+    find_noise_multiplier,
+    validate_privacy_target,
+)
+from synthfed.privacy.central import central_mechanism
 from synthfed.privacy.forward_noise import choose_t0, upload_mechanisms
 
 
@@ -35,6 +42,18 @@ class ClientNoise:
     steps_per_round: int
     planned_steps: int
     noise_multiplier: float
+    # --warm-start central: the noise of the one central-images release (None: no warm start)
+    central_noise: float | None = None
+
+    def central_mechanism(self):
+        from synthfed.privacy.central import central_mechanism
+
+        return None if self.central_noise is None else central_mechanism(self.central_noise)
+
+    def planned_mechanisms(self) -> list:
+        """Everything the client plans to release: central images, then its DP-SGD steps."""
+        central = self.central_mechanism()
+        return ([central] if central is not None else []) + [self.planned_mechanism()]
 
     def round_mechanism(self) -> SubsampledGaussian:
         return SubsampledGaussian(noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate,
@@ -57,10 +76,17 @@ def plan_dp_sgd_client(config: TrainConfig, n: int, *, epsilon: float, name: str
     if config.batch_size > n:
         raise CalibrationError(f"client {name or '?'} has {n} records, fewer than --batch-size {config.batch_size}")
     q = config.batch_size / n
-    per_round = config.epochs_per_round() * math.ceil(1.0 / q)
+    per_round = config.steps_per_round(math.ceil(1.0 / q))
     planned = config.rounds * per_round
-    sigma = find_noise_multiplier(target_epsilon=epsilon, delta=delta, sampling_rate=q, steps=planned)
-    return ClientNoise(n, delta, q, per_round, planned, sigma)
+    central = None
+    before: tuple = ()
+    if config.warm_start == "central":
+        # The central images get their share of epsilon on their own; DP-SGD's
+        # noise is then calibrated so that the composition of both meets epsilon.
+        central = find_gaussian_noise(target_epsilon=config.warm_start_share * epsilon, delta=delta)
+        before = (central_mechanism(central),)
+    sigma = find_noise_multiplier(target_epsilon=epsilon, delta=delta, sampling_rate=q, steps=planned, before=before)
+    return ClientNoise(n, delta, q, per_round, planned, sigma, central)
 
 
 def plan_dp_sgd(config: TrainConfig, sizes: dict[int, int], *, epsilon: float | None = None,

@@ -15,14 +15,18 @@ noise (the next attempt's stream) and is counted as a new release."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData
+from synthfed.privacy.central import CENTRAL_NOTE, CentralStats, default_moments, release_central_stats
 from synthfed.privacy.dp_sgd import DPSGDStepper
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
 from synthfed.privacy.planner import ClientNoise, plan_dp_sgd
-from synthfed.privacy.releases import release_attempt
+from synthfed.privacy.noise_keys import NoiseKey
+from synthfed.privacy.releases import inputs_digest, release_attempt
 
 
 DP_SGD_NOTE = "DP-SGD local training"
@@ -78,9 +82,31 @@ class PrivateTraining:
                 noise_multiplier=nz.noise_multiplier,
                 max_grad_norm=self.config.max_grad_norm,
                 generator=generator,
+                physical_batch_size=self.config.physical_batch_size,
             )
 
         return make
+
+    def release_central(self, cid: int, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
+                        noise_key: NoiseKey) -> CentralStats:
+        """Client ``cid``'s one release of DP class moments (``synthfed.privacy.central``),
+        recorded in its ledger as round 0. Asked again with the same plan (a run
+        restarted before its first checkpoint) it is the same release from the
+        same key stream, not counted twice."""
+        nz = self.noise[cid]
+        dim = int(images[0].numel())
+        clip = self.config.warm_start_clip or math.sqrt(dim)
+        moments = default_moments(dim)
+        digest = inputs_digest("central-images", clip, moments, nz.central_noise)
+        ledger = self.ledger.clients[str(cid)]
+        attempt, released = release_attempt(ledger, round=0, digest=digest, is_kind=lambda note: note == CENTRAL_NOTE)
+        stats = release_central_stats(
+            images, labels, num_classes=num_classes, clip=clip, noise_multiplier=nz.central_noise, moments=moments,
+            generator=noise_key.generator("central-images", attempt),
+        )
+        if not released:
+            ledger.record(nz.central_mechanism(), round=0, note=CENTRAL_NOTE, inputs=digest)
+        return stats
 
     def record(self, cid: int, *, server_round: int, mechanisms: list, inputs: str = "") -> None:
         for m in mechanisms:

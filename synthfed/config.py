@@ -17,6 +17,7 @@ STRATEGIES = ("fedavg", "centralized", "local", "fedper", "fedrep", "pfdm")
 PERSONALIZED_STRATEGIES = ("local", "fedper", "fedrep", "pfdm")
 PARTITIONS = ("dirichlet", "iid", "folders")
 PRECISIONS = ("fp32", "bf16")
+WARM_STARTS = ("none", "central")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -51,6 +52,7 @@ class TrainConfig:
     strategy: str = "fedavg"
     rounds: int = 5
     local_epochs: int = 1
+    local_steps: int | None = None  # steps per round (each phase) instead of whole epochs: CPU-sized DP-SGD
     participation: float = 1.0  # a fraction in (0, 1], or a whole count of clients > 1
     # optimisation
     batch_size: int = 32
@@ -78,6 +80,14 @@ class TrainConfig:
     delta: float | None = None
     max_grad_norm: float = 1.0
     noise_multiplicity: int = 1
+    physical_batch_size: int | None = None  # DP-SGD: chunk a logical (Poisson) batch; None: one chunk
+    # warm start (post-processing of a DP release, or public weights)
+    warm_start: str = "none"  # "central": pretrain on DP class moments (synthfed.privacy.central)
+    warm_start_share: float = 0.5  # part of epsilon the central images get on their own
+    warm_start_steps: int = 1000  # pretraining steps on draws of the class Gaussians
+    warm_start_rank: int = 10  # principal directions kept per class
+    warm_start_clip: float | None = None  # L2 clip of each image; None: sqrt(#pixels), changes no image
+    init_from: str | None = None  # start from a model folder's weights (public pretraining)
     # execution
     device: str = "auto"
     seed: int = 0
@@ -109,6 +119,13 @@ class TrainConfig:
         """Local epochs a client trains per round (FedRep adds its head epochs)."""
         return self.local_epochs + (self.head_epochs if self.strategy == "fedrep" else 0)
 
+    def steps_per_round(self, steps_per_epoch: int) -> int:
+        """Local steps a client takes per round: ``--local-steps`` in each phase
+        (FedRep: head and body), or whole epochs of ``steps_per_epoch``."""
+        if self.local_steps is not None:
+            return self.local_steps * (2 if self.strategy == "fedrep" else 1)
+        return self.epochs_per_round() * steps_per_epoch
+
     def validate(self) -> "TrainConfig":
         def need(cond: bool, message: str) -> None:
             if not cond:
@@ -125,6 +142,8 @@ class TrainConfig:
         need(self.max_client_size is None or self.max_client_size >= 1, "--max-client-size must be at least 1")
         need(self.rounds >= 1, "--rounds must be at least 1")
         need(self.local_epochs >= 1, "--local-epochs must be at least 1")
+        need(self.local_steps is None or self.local_steps >= 1, "--local-steps must be at least 1")
+        need(self.local_steps is None or self.strategy != "pfdm", "--local-steps does not apply to --strategy pfdm")
         need(self.participation > 0, "--participation must be a fraction in (0, 1] or a count >= 1")
         need(
             self.participation <= 1 or float(self.participation).is_integer(),
@@ -150,6 +169,10 @@ class TrainConfig:
             self.noise_multiplicity == 1 or self.epsilon is not None or self.local_epsilon is not None,
             "--noise-multiplicity only applies to DP-SGD (give --epsilon)",
         )
+        need(self.physical_batch_size is None or self.physical_batch_size >= 1, "--physical-batch-size must be at least 1")
+        need(self.physical_batch_size is None or self.epsilon is not None or self.local_epsilon is not None,
+             "--physical-batch-size only applies to DP-SGD (give --epsilon)")
+        self._check_warm_start(need)
         need(self.head_epochs >= 1, "--head-epochs must be at least 1")
         need(self.clip_norm is None or self.clip_norm > 0, "--clip-norm must be positive")
         need(self.upload_copies >= 1, "--upload-copies must be at least 1")
@@ -169,6 +192,18 @@ class TrainConfig:
                 need(value is None, f"{name} applies to --strategy pfdm only")
             need(not self.public_labels, "--public-labels applies to --strategy pfdm only")
         return self
+
+    def _check_warm_start(self, need) -> None:
+        need(self.warm_start in WARM_STARTS, f"--warm-start must be one of {', '.join(WARM_STARTS)}")
+        need(0 < self.warm_start_share < 1, "--warm-start-share must be in (0, 1): DP-SGD needs the rest of epsilon")
+        need(self.warm_start_steps >= 1, "--warm-start-steps must be at least 1")
+        need(self.warm_start_rank >= 0, "--warm-start-rank must be at least 0")
+        need(self.warm_start_clip is None or self.warm_start_clip > 0, "--warm-start-clip must be positive")
+        if self.warm_start == "central":
+            need(self.epsilon is not None, "--warm-start central releases DP class moments: give --epsilon "
+                 "(a non-private run needs no warm start from statistics)")
+            need(self.strategy != "pfdm", "--warm-start central does not apply to --strategy pfdm")
+        need(not (self.init_from and self.warm_start != "none"), "--init-from and --warm-start exclude each other")
 
     def _check_image_size(self) -> None:
         from synthfed.model.presets import check_image_size

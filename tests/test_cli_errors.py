@@ -46,7 +46,7 @@ def assert_one_error_line(result, code: int, *needles: str) -> str:
 def private_run(tmp_path_factory):
     """A finished one-round run with --epsilon 8."""
     run = tmp_path_factory.mktemp("private") / "run"
-    result = runner.invoke(app, ["train", *TINY, "--epsilon", "8", "--out", str(run)])
+    result = runner.invoke(app, ["train", *TINY, "--epsilon", "8", "--warm-start", "none", "--out", str(run)])
     assert result.exit_code == 0, result.output
     return run
 

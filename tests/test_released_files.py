@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
     """Three tiny 1-round runs on digits: no DP, DP-SGD at epsilon 50 (formally DP, weak), and FedPer."""
     root = tmp_path_factory.mktemp("released")
     plain, weak, fedper = root / "plain-run", root / "weak-run", root / "fedper-run"
-    for run, extra in ((plain, []), (weak, ["--epsilon", "50"]), (fedper, ["--strategy", "fedper", "--head", "out"])):
+    for run, extra in ((plain, []), (weak, ["--epsilon", "50", "--warm-start", "none"]), (fedper, ["--strategy", "fedper", "--head", "out"])):
         result = runner.invoke(app, ["train", *TINY, *extra, "--out", str(run)])
         assert result.exit_code == 0, result.output
     return root, plain, weak, fedper

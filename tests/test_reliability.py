@@ -99,7 +99,7 @@ def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120
 def test_a_second_train_on_the_same_out_is_refused_and_the_first_run_completes_intact(tmp_path):
     # Prepare: a real first process, holding the run's lock
     run = tmp_path / "run"
-    first = _spawn_train(run, "--rounds", "3", "--epsilon", "8", "--local-epochs", "2")  # slow enough to be overtaken
+    first = _spawn_train(run, "--rounds", "3", "--epsilon", "8", "--warm-start", "none", "--local-epochs", "2")  # slow enough to be overtaken
     try:
         _wait_for(lambda: lock_holder(run / RUN_LOCK_FILE) == first.pid, first, "the first train taking the lock")
         # Execute: a second train on the same --out (other settings, so a mix would show)

@@ -10,6 +10,7 @@ an update is the ``Stepper``'s business: plain mini-batch Adam here, DP-SGD
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class LocalTraining:
     # The model's timestep input is t + offset (PFDM's shared model runs on the
     # sub-chain that starts at t0 but is conditioned on the original t).
     timestep_offset: int = 0
+    # Steps per phase instead of whole epochs (batches keep being drawn as in
+    # epochs; the last pass stops early). None: ``epochs`` full epochs.
+    steps: int | None = None
 
     def phase_list(self) -> tuple[tuple[str, int, frozenset[str] | None], ...]:
         return self.phases if self.phases is not None else (("all", self.epochs, None),)
@@ -175,10 +179,13 @@ def client_update(
             phase_steps = 0
             try:
                 per_epoch = stepper.steps_per_epoch(n)
+                if plan.steps is not None:
+                    epochs = math.ceil(plan.steps / per_epoch)
                 for epoch in range(epochs):
                     label = f"epoch {epoch + 1}/{epochs}" + ("" if phase == "all" else f" ({phase})")
-                    progress(TaskStarted(task_key, label, per_epoch))
-                    for idx in stepper.batch_indices(n, generator):
+                    todo = per_epoch if plan.steps is None else min(per_epoch, plan.steps - phase_steps)
+                    progress(TaskStarted(task_key, label, todo))
+                    for idx in itertools.islice(stepper.batch_indices(n, generator), todo):
                         x = images[idx.to(images.device)].to(device)
                         y = labels[idx.to(labels.device)].to(device)
                         loss = stepper.step(rows_loss_fn, x, y)

@@ -30,6 +30,7 @@ from synthfed.federated.client import LocalTraining, client_update
 from synthfed.federated.backbone_head import BackboneHead
 from synthfed.federated.fedavg import FedAvg
 from synthfed.federated.split import split_parameters
+from synthfed.federated.warm_start import central_warm_start
 from synthfed.federated.local import LocalOnly
 from synthfed.federated.strategy import FitResult, Strategy
 from synthfed.model.presets import ModelSpec, build_unet
@@ -88,6 +89,7 @@ def local_training(config: TrainConfig, spec: ModelSpec, strategy: Strategy) -> 
         precision=config.precision,
         multiplicity=config.noise_multiplicity,
         phases=phases,
+        steps=config.local_steps,
     )
 
 
@@ -109,10 +111,16 @@ def spec_from_shape(config: TrainConfig, image_shape: tuple[int, int, int], clas
 
 def initial_state(config: TrainConfig, spec: ModelSpec) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The run's starting weights: every engine and every node builds the same
-    ones from the seed, so the local parts never need to be sent."""
+    ones from the seed (or ``--init-from``'s folder), so the local parts never
+    need to be sent."""
     torch.manual_seed(config.seed)
     model = build_unet(spec)
-    return model, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if config.init_from:
+        from synthfed.federated.warm_start import load_init_weights
+
+        init = load_init_weights(config.init_from, spec, init)
+    return model, init
 
 
 def client_round(
@@ -250,6 +258,21 @@ def run_simulation(
 
     plan = local_training(config, spec, strategy)
     tensors = [c.to_tensor() for c in fed.clients]
+    if start_round == 1 and config.warm_start == "central":
+        # Before the first checkpoint: a restart redoes it from the same key
+        # streams, so the release is the same one and is not counted again.
+        warm = central_warm_start(model, config=config, spec=spec, init=init, tensors=tensors, privacy=privacy,
+                                  noise_keys=noise_keys, personal=not shared_keys, seed=derive_seed(config.seed, 7),
+                                  device=device, progress=progress)
+        for cid in range(len(fed.clients)):
+            state, ema, step = warm[cid] if cid in warm else warm[None]
+            local_states[cid] = {k: state[k] for k in local_keys}
+            local_emas[cid] = {k: ema[k] for k in local_keys}
+            ema_steps[cid] = step
+        if None in warm:
+            state, ema, _ = warm[None]
+            global_state = {k: state[k] for k in shared_keys}
+            global_ema = {k: ema[k] for k in shared_keys}
     alphas_cumprod = config.schedule().alphas_cumprod()
     last_round = config.rounds if stop_after_round is None else min(config.rounds, stop_after_round)
     last_dir = latest

@@ -32,7 +32,7 @@ TRAIN_KEYS = {
     "delta": "delta", "max-grad-norm": "max_grad_norm", "noise-multiplicity": "noise_multiplicity", "head": "head",
     "head-epochs": "head_epochs", "t0": "t0", "clip-norm": "clip_norm", "upload-copies": "upload_copies",
     "label-epsilon": "label_epsilon", "public-labels": "public_labels", "local-epsilon": "local_epsilon",
-    "precision": "precision", "device": "device", "seed": "seed",
+    "precision": "precision", "device": "device", "seed": "seed", "physical-batch-size": "physical_batch_size",
 }
 NONE = ("", "none", "None")
 
@@ -61,6 +61,9 @@ class FlowerOptions:
             raise ConfigError("round-timeout must be >= 0 and node-wait > 0")
         if config.strategy == "centralized":
             raise ConfigError("the centralized baseline pools the data in one place; it does not run on Flower")
+        if config.warm_start != "none" or config.init_from:
+            raise ConfigError("--warm-start and --init-from run in the simulation only (synthfed train); "
+                              "Flower nodes start from the seed's weights")
         if self.secagg:
             if config.strategy in ("local", "pfdm"):
                 raise ConfigError(f"secagg averages the shared weights; {config.strategy} averages nothing")
@@ -102,7 +105,7 @@ def from_run_config(run_config: dict) -> tuple[TrainConfig, FlowerOptions]:
                  "noise_multiplicity", "min_partition_size", "num_train_timesteps"):
         if name in train:
             train[name] = int(train[name])
-    for name in ("max_client_size", "image_size", "t0"):
+    for name in ("max_client_size", "image_size", "t0", "physical_batch_size"):
         if train.get(name) is not None:
             train[name] = int(train[name])
     config = TrainConfig(**train).validate()
