@@ -55,7 +55,8 @@ def train_config(p: dict, *, explicit: set[str] | None = None, engine: str = "si
     ``explicit`` (all of them when None), with one note line saying so."""
     from synthfed.recipes import RECIPE_NAME, recipe_changes, resolve_warm_start
 
-    warm = resolve_warm_start(p["warm_start"], private=p["epsilon"] is not None, strategy=p["strategy"], engine=engine)
+    warm = resolve_warm_start(p["warm_start"], private=p["epsilon"] is not None, strategy=p["strategy"], engine=engine,
+                              init_from=p["init_from"] is not None)
     config = _train_config({**p, "warm_start": warm})
     changes = recipe_changes(config.to_dict(), explicit or set())
     if changes or (warm == "central" and p["warm_start"] == "auto"):
@@ -165,6 +166,33 @@ def train(
         print_ledger(rows, "privacy spent (accountant, for the steps that ran)")
     else:
         out.print("privacy: NOT differentially private (no --epsilon)")
+
+
+@app.command()
+def pretrain(
+    data: str = typer.Option(..., help="PUBLIC data source (as for train); its classes must match the private data's."),
+    out_dir: Path = typer.Option(..., "--out", help="New folder: the run, and model/ to pass to train --init-from."),
+    preset: str = typer.Option("small", help="Model size: tiny | small | paper (as the private run will use)."),
+    image_size: Optional[int] = typer.Option(None, help="Image size (as the private run will use)."),
+    epochs: int = typer.Option(5, help="Epochs over the public data."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    timesteps: int = typer.Option(1000, help="Diffusion steps T (as the private run will use)."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Pretrain on public data (no DP, no budget): a model folder for train --init-from."""
+    from synthfed.pretrain import pretrain as run_pretrain
+
+    config = TrainConfig(data=data, preset=preset, image_size=image_size, local_epochs=epochs, rounds=1,
+                         batch_size=batch_size, lr=lr, num_train_timesteps=timesteps, precision=precision,
+                         device=device, seed=seed, strategy="centralized", num_clients=1, partition="iid").validate()
+    with RichProgress(err) as progress:
+        model_dir = run_pretrain(config, out_dir, progress=progress)
+    out.print(f"pretrained model folder: {model_dir}")
+    out.print(f"start a private run from it: synthfed train --init-from {model_dir} --preset {preset} ...")
+    out.print("privacy: NOT differentially private (public data); a run started from it costs no budget for it")
 
 
 @app.command()

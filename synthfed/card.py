@@ -155,7 +155,21 @@ def label_handling(config: dict) -> str:
 
 # The run parameters a model folder's privacy.json keeps so that its card can
 # be written away from the run (public settings only: no data path, no seed).
-PUBLIC_CONFIG_KEYS = ("strategy", "epsilon", "delta", "local_epsilon", "public_labels", "label_epsilon")
+PUBLIC_CONFIG_KEYS = ("strategy", "epsilon", "delta", "local_epsilon", "public_labels", "label_epsilon", "warm_start")
+
+
+def training_mechanism(config: dict) -> str:
+    """How a DP-SGD-family model was trained, in words (the card's component line)."""
+    dp_sgd = config.get("epsilon") is not None
+    text = "DP-SGD" if dp_sgd else "trained without DP-SGD"
+    if config.get("warm_start") == "central":
+        text = ("pretrained on one DP release of each class's mean and principal directions "
+                "(central images, Gaussian mechanism), then " + text)
+    if config.get("init_from"):
+        # The folder's name only: cards carry no absolute paths.
+        text = (f"initialised from the model folder {Path(str(config['init_from'])).name!r} "
+                f"(public pretraining: costs no budget of this run, if its data is public), then " + text)
+    return text
 
 
 def privacy_components(config: dict, client: int | None, *, shared_only: bool = False) -> list[dict]:
@@ -177,7 +191,7 @@ def privacy_components(config: dict, client: int | None, *, shared_only: bool = 
         name = f"shared backbone of a {strategy} run (each client's head stays local)"
     else:
         name = "global model" if client is None else f"client {client} personalized model (shared backbone + local head)"
-    return [{"component": name, "dp": dp_sgd, "mechanism": "DP-SGD" if dp_sgd else "trained without DP-SGD"}]
+    return [{"component": name, "dp": dp_sgd, "mechanism": training_mechanism(config)}]
 
 
 def privacy_status(ledger: dict | None, config: dict | None, client: int | None, *, shared_only: bool = False) -> dict:
@@ -225,7 +239,8 @@ def model_folder_statement(ledger: dict | None, config: dict, *, run_name: str, 
         "clients": status.get("clients", []),
         "unit_of_privacy": UNIT_OF_PRIVACY,
         "adjacency": ADJACENCY,
-        "config": {k: config.get(k) for k in PUBLIC_CONFIG_KEYS},
+        "config": {**{k: config.get(k) for k in PUBLIC_CONFIG_KEYS},
+                   "init_from": Path(str(config["init_from"])).name if config.get("init_from") else None},
         "run": run_name,
         "round": int(server_round),
         "weights": weights,

@@ -19,11 +19,12 @@ DP_RECIPE: dict[str, object] = {"warm_start": "central", "lr": 1e-3}
 RECIPE_NAME = "dp-central-warm-start"
 
 
-def resolve_warm_start(value: str, *, private: bool, strategy: str, engine: str) -> str:
-    """``--warm-start auto``: central images for a DP-SGD run in the simulation, none otherwise."""
+def resolve_warm_start(value: str, *, private: bool, strategy: str, engine: str, init_from: bool = False) -> str:
+    """``--warm-start auto``: central images for a DP-SGD run in the simulation
+    that does not start from public weights (``--init-from``); none otherwise."""
     if value != "auto":
         return value
-    return "central" if private and strategy != "pfdm" and engine == "simulation" else "none"
+    return "central" if private and strategy != "pfdm" and engine == "simulation" and not init_from else "none"
 
 
 def recipe_changes(fields: dict, explicit: set[str]) -> dict:

@@ -306,3 +306,28 @@ def test_cli_train_under_epsilon_uses_the_recipe_and_says_so(tmp_path):
     refused = runner.invoke(app, [*args, "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")])
     assert refused.exit_code == 2
     assert len(refused.stderr.strip().splitlines()) == 1 and "--init-from" in refused.stderr
+
+
+def test_pretrain_then_init_from_costs_no_budget_and_the_card_names_the_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from synthfed.cli.app import app
+
+    runner = CliRunner()
+    shape = ["--data", "digits", "--image-size", "8", "--preset", "tiny", "--timesteps", "20"]
+    pre = runner.invoke(app, ["pretrain", *shape, "--epochs", "1", "--out", str(tmp_path / "public")])
+    assert pre.exit_code == 0, pre.output
+    run = runner.invoke(app, ["train", *shape, "--clients", "2", "--rounds", "1", "--local-steps", "1",
+                              "--batch-size", "64", "--epsilon", "8", "--init-from", str(tmp_path / "public" / "model"),
+                              "--out", str(tmp_path / "run")])
+    assert run.exit_code == 0, run.output
+    assert "DP recipe" not in run.stderr  # public weights replace the central images
+    ledger = PrivacyLedger.from_dict(json.loads(next((tmp_path / "run" / "rounds").glob("round-*/ledger.json")).read_text()))
+    for client in ledger.clients.values():  # only DP-SGD: the public weights are not a release of this data
+        assert [e.note for e in client.entries] == ["DP-SGD local training"]
+        assert client.spent().epsilon_upper <= 8.0
+    gen = runner.invoke(app, ["generate", str(tmp_path / "run"), "--out", str(tmp_path / "data"), "--per-class", "1",
+                              "--steps", "2"])
+    assert gen.exit_code == 0, gen.output
+    card = (tmp_path / "data" / "CARD.md").read_text()
+    assert "initialised from the model folder 'model'" in card and str(tmp_path) not in card
