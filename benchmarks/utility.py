@@ -5,9 +5,12 @@
 
 Each row ``EPSILON:STRATEGY`` (``nonprivate`` for no DP) is planned to fit the
 budget: a short probe measures seconds per training step on this machine, and
-the number of local epochs is the most whose planned steps fit ``--minutes``
-(DP-SGD needs its step count before training: the accountant turns epsilon into
-noise for exactly those steps). Then ``synthfed generate`` samples
+``--local-steps`` is the most whose planned steps fit ``--minutes`` (DP-SGD
+needs its step count before training: the accountant turns epsilon into noise
+for exactly those steps). With ``--warm-start central`` (DP rows only) the
+pretraining on the DP central images comes out of the same budget, timed by
+a probe of plain steps. The step count is fixed before training, so a machine
+that gets busier only lengthens the wall time; the quality figures hold. Then ``synthfed generate`` samples
 ``--per-class`` images per class and the project's own audit trains
 classifiers on them (selection on a synthetic validation split, never the real
 test set) and tests on the real test split. Printed side by side: TSTR accuracy,
@@ -52,6 +55,7 @@ def base_config(args, epsilon: float | None, strategy: str, *, local_steps: int 
         noise_multiplicity=args.noise_multiplicity if private else 1, max_grad_norm=args.max_grad_norm,
         physical_batch_size=args.physical_batch_size if private else None, warm_start=warm,
         warm_start_share=args.warm_start_share, warm_start_steps=args.warm_start_steps,
+        warm_start_rank=args.warm_start_rank,
         max_client_size=max_client_size or args.max_client_size, num_train_timesteps=args.timesteps,
         device=args.device, seed=args.seed,
     ).validate()
@@ -155,6 +159,7 @@ def main() -> None:
     p.add_argument("--warm-start", default="none", choices=("none", "central"))
     p.add_argument("--warm-start-share", type=float, default=0.5)
     p.add_argument("--warm-start-steps", type=int, default=1000)
+    p.add_argument("--warm-start-rank", type=int, default=10)
     p.add_argument("--max-client-size", type=int, default=None)
     p.add_argument("--timesteps", type=int, default=1000)
     p.add_argument("--per-class", type=int, default=100)
