@@ -134,8 +134,8 @@ class ClassGaussians:
         return out.reshape(len(labels), *self.image_shape)
 
     def draw_labels(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Uniform over the classes the stats say are present (noisy count > 0)."""
-        present = np.flatnonzero(self.weights > 0)
-        if present.size == 0:
-            present = np.arange(len(self.weights))
-        return rng.choice(present, size=n)
+        """Labels in proportion to the noisy class counts: a class a client
+        (nearly) lacks has a mean that is mostly noise, and gets (nearly) no
+        draws rather than an equal share."""
+        weights = self.weights if self.weights.sum() > 0 else np.ones_like(self.weights)
+        return rng.choice(len(weights), size=n, p=weights / weights.sum())

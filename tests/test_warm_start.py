@@ -331,3 +331,12 @@ def test_pretrain_then_init_from_costs_no_budget_and_the_card_names_the_folder(t
     assert gen.exit_code == 0, gen.output
     card = (tmp_path / "data" / "CARD.md").read_text()
     assert "initialised from the model folder 'model'" in card and str(tmp_path) not in card
+
+
+def test_pretraining_labels_follow_the_noisy_class_counts():
+    from synthfed.privacy.central import CentralStats
+
+    stats = CentralStats(sums=np.zeros((3, 4)), second=None, counts=np.array([300.0, -2.0, 100.0]), image_shape=(1, 2, 2))
+    labels = ClassGaussians.from_stats(stats, rank=0).draw_labels(4000, np.random.default_rng(0))
+    assert not (labels == 1).any()  # a negative noisy count: an absent class gets no draws
+    assert (labels == 0).mean() == pytest.approx(0.75, abs=0.03)
