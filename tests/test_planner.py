@@ -25,7 +25,7 @@ def test_calibrate_prints_the_noise_train_runs_with_head_epochs_and_client_caps(
     result = CliRunner().invoke(app, [
         "privacy", "calibrate", "--epsilon", "6", "--data", "digits", "--image-size", "8", "--clients", "3",
         "--seed", "5", "--batch-size", "32", "--rounds", "2", "--max-client-size", "150", "--strategy", "fedrep",
-        "--head-epochs", "2"], terminal_width=250)
+        "--head-epochs", "2", "--warm-start", "none"], terminal_width=250)
     # Assert: each client's sigma and planned steps are the ones its ledger recorded
     assert result.exit_code == 0, result.output
     for client in ledger.values():
