@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-PROBE_STEPS = 8
+PROBE_STEPS = 16
 
 
 def parse_rows(text: str) -> list[tuple[float | None, str]]:
@@ -62,15 +62,21 @@ def base_config(args, epsilon: float | None, strategy: str, *, local_steps: int 
 
 
 def seconds_per_step(args, epsilon, strategy, work: Path) -> float:
-    """A few real steps of the same model and mechanism (plan overhead excluded)."""
+    """Seconds per step of the same model and mechanism: the difference of two
+    short runs (PROBE_STEPS and PROBE_STEPS // 4 steps), so loading the data,
+    calibrating and checkpointing (fixed costs) do not count as step time."""
     from synthfed.train import train
 
-    probe = base_config(args, epsilon, strategy, local_steps=PROBE_STEPS).replace(
-        rounds=1, num_clients=1, strategy="centralized", partition="iid", warm_start="none",
-        max_client_size=max(args.batch_size * 4, 1000))
-    start = time.perf_counter()
-    train(probe, work)  # includes calibration and one checkpoint: errs on the slow side
-    return (time.perf_counter() - start) / PROBE_STEPS
+    def timed(steps: int, folder: str) -> float:
+        probe = base_config(args, epsilon, strategy, local_steps=steps).replace(
+            rounds=1, num_clients=1, strategy="centralized", partition="iid", warm_start="none",
+            max_client_size=max(args.batch_size * 4, 1000))
+        start = time.perf_counter()
+        train(probe, work / folder)
+        return time.perf_counter() - start
+
+    short = PROBE_STEPS // 4
+    return max(1e-3, (timed(PROBE_STEPS, "long") - timed(short, "short")) / (PROBE_STEPS - short))
 
 
 def plan_steps(args, epsilon, strategy, work: Path) -> tuple[int, float, float]:
