@@ -155,7 +155,8 @@ def label_handling(config: dict) -> str:
 
 # The run parameters a model folder's privacy.json keeps so that its card can
 # be written away from the run (public settings only: no data path, no seed).
-PUBLIC_CONFIG_KEYS = ("strategy", "epsilon", "delta", "local_epsilon", "public_labels", "label_epsilon", "warm_start")
+PUBLIC_CONFIG_KEYS = ("strategy", "epsilon", "delta", "local_epsilon", "public_labels", "label_epsilon", "warm_start",
+                      "init_from")
 
 
 def training_mechanism(config: dict) -> str:
@@ -225,6 +226,11 @@ def privacy_status(ledger: dict | None, config: dict | None, client: int | None,
     return {"differentially_private": all_dp, "components": components, "statement": statement, "clients": rows}
 
 
+def _public_value(key: str, value):
+    """A public setting as a copy may carry it: ``init_from`` by folder name only (no path)."""
+    return Path(str(value)).name if key == "init_from" and value else value
+
+
 def model_folder_statement(ledger: dict | None, config: dict, *, run_name: str, server_round: int, weights: str,
                            shared_only: bool) -> dict:
     """The ``privacy.json`` of a model folder: its guarantee as the ledger stated
@@ -239,8 +245,7 @@ def model_folder_statement(ledger: dict | None, config: dict, *, run_name: str, 
         "clients": status.get("clients", []),
         "unit_of_privacy": UNIT_OF_PRIVACY,
         "adjacency": ADJACENCY,
-        "config": {**{k: config.get(k) for k in PUBLIC_CONFIG_KEYS},
-                   "init_from": Path(str(config["init_from"])).name if config.get("init_from") else None},
+        "config": {k: _public_value(k, config.get(k)) for k in PUBLIC_CONFIG_KEYS},
         "run": run_name,
         "round": int(server_round),
         "weights": weights,

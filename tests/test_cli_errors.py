@@ -56,7 +56,7 @@ def private_run(tmp_path_factory):
     (["train", "--clients", "0"], "--clients must be at least 1"),
     (["train", "--clients", "x"], "'x' is not a valid integer"),  # a click usage error, same one-line form
     (["train", "--bogus"], "No such option"),
-    (["trian"], "Did you mean 'train'?"),
+    (["trian"], "Did you mean 'train'"),
     (["train", "--preset", "paper", "--image-size", "12"], "divisible"),
     (["generate", "/nonexistent", "--out", "/tmp/x", "--sampler", "magic"], "--sampler"),
 ])
