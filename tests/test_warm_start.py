@@ -359,3 +359,16 @@ def test_calibrate_prints_the_central_and_dp_sgd_noise_a_warm_started_train_reco
     for client in ledger.values():
         for entry in client["entries"]:  # the central release's sigma and DP-SGD's, as the ledger recorded them
             assert f"{entry['mechanism']['noise_multiplier']:.5g}" in result.output
+
+
+def test_pretraining_takes_exactly_the_warm_start_steps():
+    from synthfed.federated.warm_start import pretrain_on_stats
+    from synthfed.privacy.central import CentralStats
+
+    config = TrainConfig(**{**TINY, "warm_start_steps": 5}).validate()
+    spec = spec_from_shape(config, (1, 8, 8), [str(i) for i in range(10)])
+    model, init = initial_state(config, spec)
+    stats = CentralStats(sums=np.zeros((10, 64)), second=None, counts=np.full(10, 50.0), image_shape=(1, 8, 8))
+    _, _, ema_step = pretrain_on_stats(model, config=config, spec=spec, state=init, stats=stats, seed=0,
+                                       device=torch.device("cpu"))
+    assert ema_step == 5

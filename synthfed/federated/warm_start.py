@@ -14,7 +14,6 @@ initialisation. They cost no budget of this run; the card names them."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,9 @@ def pretrain_on_stats(model: torch.nn.Module, *, config: TrainConfig, spec: Mode
     labels = gaussians.draw_labels(POOL_PER_CLASS * spec.num_classes, rng)
     images = torch.from_numpy(gaussians.sample(labels, rng))
     batch = min(config.batch_size, len(labels))
-    epochs = max(1, math.ceil(config.warm_start_steps * batch / len(labels)))
-    plan = LocalTraining(epochs=epochs, batch_size=batch, lr=config.lr, label_dropout=config.label_dropout,
-                         null_label=spec.null_label, ema_decay=config.ema_decay, precision=config.precision)
+    plan = LocalTraining(epochs=1, steps=config.warm_start_steps, batch_size=batch, lr=config.lr,
+                         label_dropout=config.label_dropout, null_label=spec.null_label, ema_decay=config.ema_decay,
+                         precision=config.precision)
     generator = torch.Generator(device=device).manual_seed(seed)
     update = client_update(model, state=state, ema=state, ema_step=0, images=images,
                            labels=torch.from_numpy(labels).long(), plan=plan,
