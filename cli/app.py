@@ -68,14 +68,6 @@ def train_config(p: dict, *, explicit: set[str] | None = None, engine: str = "si
     return config
 
 
-def given_options(ctx: click.Context) -> set[str]:
-    """TrainConfig fields of the options typed on the command line."""
-    from click.core import ParameterSource
-
-    names = {"clients": "num_clients", "timesteps": "num_train_timesteps"}
-    return {names.get(n, n) for n in ctx.params if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
-
-
 def _train_config(p: dict) -> TrainConfig:
     return TrainConfig(
         data=p["data"], image_size=p["image_size"], partition=p["partition"], num_clients=p["clients"],
@@ -148,7 +140,9 @@ def train(
 
         config, out_dir = resumed_config(ctx, resume), resume
     else:
-        config = train_config(ctx.params, explicit=given_options(ctx))
+        from synthfed.cli.resume import given_fields
+
+        config = train_config(ctx.params, explicit=given_fields(ctx))
     with RichProgress(err) as progress:
         result = run_train(config, out_dir, resume=resume is not None, progress=progress)
     last = result.history[-1]

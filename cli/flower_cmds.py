@@ -34,8 +34,8 @@ def _train_options(name: str, args: list[str], resume_from: Optional[Path] = Non
     """``synthfed train``'s options, parsed by the train command itself (its
     usage errors reach the CLI's error boundary as they are). With
     ``resume_from``: that run's own configuration, as ``train --resume`` gives it."""
-    from synthfed.cli.app import given_options, app, train_config
-    from synthfed.cli.resume import resumed_config
+    from synthfed.cli.app import app, train_config
+    from synthfed.cli.resume import given_fields, resumed_config
 
     command = typer.main.get_command(app).get_command(None, "train")
     with command.make_context(name, list(args)) as ctx:
@@ -43,7 +43,7 @@ def _train_options(name: str, args: list[str], resume_from: Optional[Path] = Non
             raise UsageError("use --resume of synthfed flower run (the nodes keep their state by run name)")
         if resume_from is not None:
             return resumed_config(ctx, resume_from)
-        return train_config(ctx.params, explicit=given_options(ctx), engine="flower")
+        return train_config(ctx.params, explicit=given_fields(ctx), engine="flower")
 
 
 def _stop_on_signals() -> None:

@@ -28,6 +28,11 @@ def _given(ctx: click.Context) -> list[click.Parameter]:
             if p.name in ctx.params and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
 
 
+def given_fields(ctx: click.Context) -> set[str]:
+    """``TrainConfig`` field names of the options typed on the command line."""
+    return {_FIELD.get(p.name, p.name) for p in _given(ctx)}
+
+
 def _typed(name: str, value):
     if name == "participation":  # a string option: "3" and "3.0" are the same count
         try:

@@ -342,25 +342,6 @@ def test_pretraining_labels_follow_the_noisy_class_counts():
     assert (labels == 0).mean() == pytest.approx(0.75, abs=0.03)
 
 
-def test_calibrate_prints_the_central_and_dp_sgd_noise_a_warm_started_train_records(tmp_path):
-    from typer.testing import CliRunner
-
-    from synthfed.cli.app import app, register_subcommands
-
-    config = TrainConfig(**TINY).validate()
-    run = train(config, tmp_path / "run")
-    ledger = json.loads((run.last_round_dir / "ledger.json").read_text())["clients"]
-    register_subcommands()
-    result = CliRunner().invoke(app, [
-        "privacy", "calibrate", "--epsilon", "8", "--data", "digits", "--image-size", "8", "--clients", "2",
-        "--alpha", "1.0", "--batch-size", "64", "--rounds", "1", "--max-client-size", "200", "--local-steps", "2"],
-        terminal_width=250)
-    assert result.exit_code == 0, result.output
-    for client in ledger.values():
-        for entry in client["entries"]:  # the central release's sigma and DP-SGD's, as the ledger recorded them
-            assert f"{entry['mechanism']['noise_multiplier']:.5g}" in result.output
-
-
 def test_pretraining_takes_exactly_the_warm_start_steps():
     from synthfed.federated.warm_start import pretrain_on_stats
     from synthfed.privacy.central import CentralStats

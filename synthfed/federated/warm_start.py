@@ -14,6 +14,8 @@ initialisation. They cost no budget of this run; the card names them."""
 
 from __future__ import annotations
 
+import functools
+import operator
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +69,9 @@ def central_warm_start(model: torch.nn.Module, *, config: TrainConfig, spec: Mod
     if personal:
         return {cid: pretrain_on_stats(model, config=config, spec=spec, state=init, stats=s, seed=seed + cid,
                                        device=device, progress=progress) for cid, s in stats.items()}
-    pooled = _pool(list(stats.values()))
+    pooled = functools.reduce(operator.add, stats.values())  # noisy sums add up exactly
     return {None: pretrain_on_stats(model, config=config, spec=spec, state=init, stats=pooled, seed=seed,
                                     device=device, progress=progress)}
-
-
-def _pool(stats: list[CentralStats]) -> CentralStats:
-    total = stats[0]
-    for s in stats[1:]:
-        total = total + s
-    return total
 
 
 def load_init_weights(directory: str | Path, spec: ModelSpec, init: State) -> State:
