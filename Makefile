@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,flower]"
+	$(BIN)/python -m pip install --quiet -e ".[test,flower,parquet]"
 	touch $(STAMP)
 
 # The demo clears DEMO_DIR only if a previous demo made it (.synthfed-demo in it);

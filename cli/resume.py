@@ -15,22 +15,22 @@ from click.core import ParameterSource
 from synthfed.cli.errors import say
 from synthfed.config import ConfigError, TrainConfig
 
-# train's option names whose TrainConfig field is named differently.
-_FIELD = {"clients": "num_clients", "timesteps": "num_train_timesteps"}
-# Options that say where or how to resume, not what the run is.
-_NOT_CONFIG = {"resume", "out_dir"}
+# Options that say where or how to resume, not what the run is. The others are
+# keyed by TrainConfig field (synthfed.cli.options).
+_NOT_CONFIG = {"resume", "out_dir", "config_file"}
+# Chosen by the user: typed, or written in the --config file.
+_CHOSEN = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
 _PRIVACY_PLAN = ("epsilon", "delta")
 
 
 def _given(ctx: click.Context) -> list[click.Parameter]:
-    """The options typed on the command line (not defaults)."""
-    return [p for p in ctx.command.params
-            if p.name in ctx.params and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    """The options typed on the command line or set by --config (not defaults)."""
+    return [p for p in ctx.command.params if p.name in ctx.params and ctx.get_parameter_source(p.name) in _CHOSEN]
 
 
 def given_fields(ctx: click.Context) -> set[str]:
-    """``TrainConfig`` field names of the options typed on the command line."""
-    return {_FIELD.get(p.name, p.name) for p in _given(ctx)}
+    """``TrainConfig`` field names of the options typed on the command line or set by --config."""
+    return {p.name for p in _given(ctx)} - _NOT_CONFIG
 
 
 def _typed(name: str, value):
@@ -66,7 +66,7 @@ def resumed_config(ctx: click.Context, run_dir: Path) -> TrainConfig:
             continue
         if name in _NOT_CONFIG:
             continue
-        planned = getattr(config, _FIELD.get(name, name))
+        planned = getattr(config, name)
         if given == planned:
             continue
         if name in _PRIVACY_PLAN:

@@ -3,7 +3,7 @@
 The card is written from the run's ledger and the producing components'
 status (``LoadedGenerator.privacy``); nothing in it is typed by hand. A
 dataset whose producing components are not all DP is labelled "NOT
-differentially private" in the card, in CARD.md and on every manifest row.
+differentially private" in the card, in README.md and on every manifest row.
 
 Everything here ends up in files that leave a party (cards, manifests, model
 folders' privacy.json, audit reports), so it names sources by folder name or

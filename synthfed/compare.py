@@ -44,7 +44,8 @@ def strategy_config(base: TrainConfig, strategy: str, *, pfdm_epsilon: float | N
     if strategy == "pfdm":
         if pfdm_epsilon is None and base.epsilon is None:
             raise UsageError("pfdm needs --pfdm-epsilon (or --epsilon) so the accountant can pick t0")
-        return base.replace(strategy="pfdm", epsilon=pfdm_epsilon or base.epsilon, public_labels=True,
+        # PFDM's shared model learns from its own uploads: no warm start from the central images.
+        return base.replace(strategy="pfdm", epsilon=pfdm_epsilon or base.epsilon, public_labels=True, warm_start="none",
                             local_epsilon=base.epsilon if base.epsilon is not None else None).validate()
     return base.replace(strategy=strategy).validate()
 

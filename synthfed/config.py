@@ -7,10 +7,13 @@ run is the run that was started."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING
 
-from synthfed.diffusion.schedule import NoiseSchedule
 from synthfed.errors import UsageError
 from synthfed.model.presets import PRESETS
+
+if TYPE_CHECKING:
+    from synthfed.diffusion.schedule import NoiseSchedule
 
 STRATEGIES = ("fedavg", "centralized", "local", "fedper", "fedrep", "pfdm")
 # Strategies whose clients keep a model part of their own: one model per client.
@@ -19,6 +22,9 @@ PARTITIONS = ("dirichlet", "iid", "folders")
 PRECISIONS = ("fp32", "bf16")
 WARM_STARTS = ("none", "central")
 DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("ddpm", "ddim")
+DDPM_VARIANCES = ("fixed_small", "fixed_large")  # sigma^2 = beta-tilde (posterior) or beta
+LAYOUTS = ("flat", "class-folders")  # of a generated dataset's images/ (synthfed.dataset_folder)
 
 
 class ConfigError(UsageError):
@@ -92,7 +98,9 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
 
-    def schedule(self) -> NoiseSchedule:
+    def schedule(self) -> "NoiseSchedule":
+        from synthfed.diffusion.schedule import NoiseSchedule  # torch and diffusers: not at CLI start-up
+
         return NoiseSchedule(
             num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start, beta_end=self.beta_end
         )

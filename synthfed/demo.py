@@ -101,7 +101,7 @@ def demo(argv: list[str] | None = None) -> None:
                            mia=False, progress=progress)
     tstr = report["utility"]["tstr"]
     console.print(f"model (diffusers folder, safetensors): {result.last_round_dir / 'global' / 'ema'}")
-    console.print(f"synthetic dataset, manifest and card: {samples} (CARD.md, grid.png)")
+    console.print(f"synthetic dataset, manifest and card: {samples} (README.md card, grid.png)")
     console.print(f"audit report: {args.out / 'audit' / 'report.html'}")
     console.print(f"privacy: {gen.privacy['statement']}")
     spent = max(r["eps_upper"] for r in gen.privacy["clients"])

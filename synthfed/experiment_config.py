@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from synthfed.config import ConfigError, TrainConfig
+from synthfed.settings import BY_FIELD, coerce, setting_for, type_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,18 +81,8 @@ class ExperimentConfigError(ConfigError):
     """A config file that cannot describe an experiment; the message names the file and key."""
 
 
-def _type_of(annotation: str) -> tuple[str, bool]:
-    """("int" | "float" | "str" | "bool", nullable) from a dataclass annotation string."""
-    text = str(annotation)
-    nullable = "None" in text
-    for name in ("bool", "float", "int", "str"):
-        if name in text:
-            return name, nullable
-    raise TypeError(f"unsupported annotation {annotation!r}")
-
-
 def _coerce(value, annotation: str, where: str):
-    kind, nullable = _type_of(annotation)
+    kind, nullable = type_of(str(annotation))
     if nullable and (value is None or (isinstance(value, str) and value.strip().lower() == "none")):
         return None
     if kind == "bool":
@@ -246,8 +237,23 @@ class ExperimentConfig:
         }
 
 
-def _train_field_types() -> dict:
-    return {f.name: f.type for f in fields(TrainConfig)}
+def _setting_value(value, field_name: str, where: str):
+    try:
+        return coerce(value, BY_FIELD[field_name], where)
+    except ConfigError as exc:
+        raise ExperimentConfigError(str(exc)) from None
+
+
+def _fields(table: dict, where: str) -> dict:
+    """A [train] or [grid] table re-keyed by TrainConfig field; its keys are the
+    settings' public names (synthfed.settings), as on the command line."""
+    out = {}
+    for key, value in table.items():
+        try:
+            out[setting_for(key, where).field] = value
+        except ConfigError as exc:
+            raise ExperimentConfigError(str(exc)) from None
+    return out
 
 
 def parse_experiment(raw: dict, *, where: str = "config", source_text: str = "") -> ExperimentConfig:
@@ -268,17 +274,13 @@ def parse_experiment(raw: dict, *, where: str = "config", source_text: str = "")
             raise ExperimentConfigError(f"{where}: {key} must be a string")
 
     data = _build(DataSpec, _table(raw, "data", where), f"{where} [data]").validate(f"{where} [data]")
-    types = _train_field_types()
 
-    train_raw = _table(raw, "train", where)
+    train_raw = _fields(_table(raw, "train", where), f"{where} [train]")
     for key in _NOT_IN_TRAIN:
         if key in train_raw:
             hint = {"data": "[data] source", "image_size": "[data] image_size", "seed": "seeds"}[key]
-            raise ExperimentConfigError(f"{where} [train] {key}: set it as {hint}")
-    unknown = sorted(set(train_raw) - set(types))
-    if unknown:
-        raise ExperimentConfigError(f"{where} [train]: unknown key(s) {unknown}; known: {sorted(set(types) - set(_NOT_IN_TRAIN))}")
-    base_values = {k: _coerce(v, types[k], f"{where} [train] {k}") for k, v in train_raw.items()}
+            raise ExperimentConfigError(f"{where} [train] {BY_FIELD[key].name}: set it as {hint}")
+    base_values = {k: _setting_value(v, k, f"{where} [train] {BY_FIELD[k].name}") for k, v in train_raw.items()}
     try:
         base = TrainConfig(data=data.source, image_size=data.image_size, **base_values).validate()
     except ConfigError as exc:
@@ -286,18 +288,17 @@ def parse_experiment(raw: dict, *, where: str = "config", source_text: str = "")
     if base.partition == "folders":
         raise ExperimentConfigError(f"{where} [train] partition: experiments split one source; 'folders' is not supported")
 
-    grid_raw = _table(raw, "grid", where)
+    grid_raw = _fields(_table(raw, "grid", where), f"{where} [grid]")
     grid = []
     for key, values in grid_raw.items():
+        name = BY_FIELD[key].name
         if key in _NOT_IN_TRAIN:
-            raise ExperimentConfigError(f"{where} [grid] {key}: cannot be swept here (seeds: use seeds; data: one source per config)")
-        if key not in types:
-            raise ExperimentConfigError(f"{where} [grid]: unknown key {key!r}; known: {sorted(set(types) - set(_NOT_IN_TRAIN))}")
+            raise ExperimentConfigError(f"{where} [grid] {name}: cannot be swept here (seeds: use seeds; data: one source per config)")
         if not isinstance(values, list) or not values:
-            raise ExperimentConfigError(f"{where} [grid] {key}: must be a non-empty list")
-        coerced = tuple(_coerce(v, types[key], f"{where} [grid] {key}") for v in values)
+            raise ExperimentConfigError(f"{where} [grid] {name}: must be a non-empty list")
+        coerced = tuple(_setting_value(v, key, f"{where} [grid] {name}") for v in values)
         if len(set(coerced)) != len(coerced):
-            raise ExperimentConfigError(f"{where} [grid] {key}: values must not repeat")
+            raise ExperimentConfigError(f"{where} [grid] {name}: values must not repeat")
         grid.append((key, coerced))
     grid.sort(key=lambda kv: AXIS_ORDER.index(kv[0]) if kv[0] in AXIS_ORDER else len(AXIS_ORDER))
     if not any(k == "strategy" for k, _ in grid):

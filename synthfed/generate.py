@@ -4,8 +4,8 @@
 one client's personalized model, EMA weights by default) and what privacy
 guarantee covers it, straight from the run's ledger (or, for a model folder
 copied out of its run, from the ``privacy.json`` written into it from the
-ledger); ``generate_dataset`` writes PNGs, ``manifest.csv`` and a sample grid,
-and records both. Every written file names its source by folder name or
+ledger); ``generate_dataset`` writes the dataset folder laid out by
+``synthfed.dataset_folder`` and records both. Every written file names its source by folder name or
 relative path: the dataset is meant to leave the party that made it.
 
 Every file read from a run or a model folder is verified against the
@@ -16,17 +16,13 @@ partial output if it fails."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
@@ -34,15 +30,14 @@ from synthfed.card import privacy_status
 from synthfed.checkpoint import (MODEL_PRIVACY_FILE, client_file, latest_round_dir, load_model_folder, load_tensors,
                                  model_folder_seal, read_round_ledger, read_run_file, round_seal)
 from synthfed.config import PERSONALIZED_STRATEGIES
+from synthfed.dataset_folder import (IMAGES_DIR, LAYOUTS, load_generated, loading_section,  # noqa: F401  (load_generated: re-exported)
+                                     readme_front_matter, write_images)
 from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
 from synthfed.errors import InputError, SynthfedError, UsageError
 from synthfed.io import make_temp_dir, write_json_atomic
 from synthfed.locking import output_lock
 from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet
 from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
-
-if TYPE_CHECKING:
-    from synthfed.data import ImageDataset
 
 
 @dataclass
@@ -233,9 +228,12 @@ def generate_dataset(
     allow_non_private: bool = False,
     counts_source: str = "as requested",
     real_counts: bool = False,
+    layout: str = "flat",
     progress: Progress = null_progress,
 ) -> Path:
-    """Write PNGs, manifest.csv/.parquet, grid.png and the dataset card.
+    """Write the dataset folder (``synthfed.dataset_folder``): PNGs under
+    ``images/`` (``layout`` flat or class-folders) with Hugging Face's
+    metadata.csv, manifest.csv (+ parquet), grid.png and the README.md card.
 
     ``counts`` (per class) overrides ``per_class``; ``counts_source`` says in
     the card where they came from, and ``real_counts`` that they are the real
@@ -250,7 +248,9 @@ def generate_dataset(
     from synthfed.card import NonPrivateOutputRefused, build_card, manifest_stamp, render_card_md
 
     out_dir = Path(out_dir)
-    _refuse_non_empty(out_dir)
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    refuse_non_empty(out_dir)
     dp = bool(gen.privacy.get("differentially_private"))
     if not dp and not allow_non_private:
         raise NonPrivateOutputRefused(
@@ -265,18 +265,19 @@ def generate_dataset(
                       sampler={"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seed,
                                "ddpm_variance": ddpm_variance})
     with output_lock(out_dir, "synthfed generate"):
-        _refuse_non_empty(out_dir)  # again: another process may have filled it before we held the lock
+        refuse_non_empty(out_dir)  # again: another process may have filled it before we held the lock
         tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".gen.partial")
         try:
-            (tmp / "images").mkdir()
+            (tmp / IMAGES_DIR).mkdir()
             images, labels = _sample_images(gen, counts, sampler=sampler, num_steps=num_steps,
                                             guidance_scale=guidance_scale, ddpm_variance=ddpm_variance,
                                             batch_size=batch_size, seed=seed, device=device, progress=progress)
-            _write_images_and_manifest(tmp, images, labels, spec.class_names, card["source"], seed,
-                                       manifest_stamp(card))
+            write_images(tmp, images, labels, spec.class_names, layout=layout, producer=card["source"], seed=seed,
+                         stamp=manifest_stamp(card))
             save_grid(images, labels, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
             write_json_atomic(tmp / "card.json", card)
-            (tmp / "CARD.md").write_text(render_card_md(card))
+            (tmp / "README.md").write_text(readme_front_matter(card, len(labels)) + render_card_md(card)
+                                           + loading_section(layout, spec.class_names))
             os.replace(tmp, out_dir)  # onto a missing or empty folder: one rename, nothing else replaced
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -288,7 +289,8 @@ def generate_dataset(
     return out_dir
 
 
-def _refuse_non_empty(out_dir: Path) -> None:
+def refuse_non_empty(out_dir: Path) -> None:
+    """An --out that exists and holds anything is refused: nothing of the user's is ever replaced."""
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder; choose a new --out")
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -340,53 +342,3 @@ def _sample_images(gen: LoadedGenerator, counts: list[int], *, sampler: str, num
         progress(TaskAdvanced("sample", len(batch)))
     progress(TaskFinished("sample"))
     return np.concatenate(all_images), labels.numpy()
-
-
-def _write_images_and_manifest(folder: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
-                               source: dict, seed: int, stamp: str) -> None:
-    producer = json.dumps(source, sort_keys=True)
-    rows = []
-    for i, (img, y) in enumerate(zip(images, labels)):
-        name = f"images/{i:06d}.png"
-        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(folder / name)
-        rows.append({"file": name, "label": int(y), "class_name": class_names[y], "model": producer, "seed": seed,
-                     "privacy": stamp})
-    with open(folder / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet", index=False)
-
-
-def load_generated(directory: str | Path) -> tuple["ImageDataset", dict]:
-    """A generated dataset folder back as an ``ImageDataset`` plus its card
-    (``card.json``; empty for a folder without one)."""
-    from synthfed.data import DataError, ImageDataset
-
-    directory = Path(directory)
-    manifest = directory / "manifest.csv"
-    if not manifest.is_file():
-        raise DataError(f"{directory} is not a generated dataset (no manifest.csv)")
-    card_path = directory / "card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    with open(manifest, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise DataError(f"{manifest} lists no images")
-    images = []
-    for row in rows:
-        path = directory / row["file"]
-        try:
-            with Image.open(path) as img:
-                arr = np.asarray(img)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read generated image {path}: {exc}") from exc
-        images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    class_names = tuple(card.get("class_names") or sorted({r["class_name"] for r in rows}))
-    dataset = ImageDataset(
-        images=np.stack(images).astype(np.uint8),
-        labels=np.asarray([int(r["label"]) for r in rows], dtype=np.int64),
-        class_names=class_names,
-        source=str(directory),
-    )
-    return dataset, card

@@ -80,7 +80,7 @@ def test_train_then_generate_writes_pngs_manifest_and_grid(tmp_path):
     assert all(r["privacy"] == "NOT differentially private" for r in rows)
     card = json.loads((out / "card.json").read_text())
     assert card["differentially_private"] is False and card["label"] == "NOT differentially private"
-    assert "NOT differentially private" in (out / "CARD.md").read_text()
+    assert "NOT differentially private" in (out / "README.md").read_text()
     assert len(pd.read_parquet(out / "manifest.parquet")) == 20
     # generating into the same folder again is refused, not overwritten (a data error: the folder is taken)
     again = runner.invoke(app, ["generate", str(run), "--out", str(out), "--steps", "3", "--allow-non-private"])

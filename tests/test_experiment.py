@@ -21,10 +21,10 @@ image_size = 8
 
 [train]
 preset = "tiny"
-num_clients = 2
+clients = 2
 rounds = 1
 batch_size = 64
-num_train_timesteps = 20
+timesteps = 20
 device = "cpu"
 
 [grid]

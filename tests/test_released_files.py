@@ -96,7 +96,7 @@ def test_match_real_on_a_non_dp_run_needs_the_flag_and_the_card_says_the_counts_
     card = json.loads((tmp_path / "yes" / "card.json").read_text())
     assert card["differentially_private"] is False and card["label"] == "NOT differentially private"
     assert card["counts_are_real"] is True and "REAL class histogram" in card["counts_source"]
-    assert "REAL class histogram" in (tmp_path / "yes" / "CARD.md").read_text()
+    assert "REAL class histogram" in (tmp_path / "yes" / "README.md").read_text()
     rows = list(csv.DictReader(open(tmp_path / "yes" / "manifest.csv")))
     assert {r["privacy"] for r in rows} == {"NOT differentially private"}
 
@@ -119,7 +119,7 @@ def test_epsilon_above_10_is_called_weak_in_card_manifest_and_report(runs, tmp_p
     card = json.loads((ds / "card.json").read_text())
     assert card["differentially_private"] is True and card["guarantee_strength"] == "weak"
     assert "WEAK" in card["label"] and "little practical protection" in card["guarantee"]
-    assert "weak" in (ds / "CARD.md").read_text()
+    assert "weak" in (ds / "README.md").read_text()
     assert all("weak" in r["privacy"] for r in csv.DictReader(open(ds / "manifest.csv")))
     # the report: the word, its own colour, a warning level
     assert report["privacy"]["guarantee_strength"] == "weak"

@@ -373,7 +373,7 @@ def test_a_full_disk_during_generate_is_one_error_and_leaves_nothing(dp_run, tmp
         (folder / "images" / "000000.png").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(generate_mod, "_write_images_and_manifest", disk_full)
+    monkeypatch.setattr(generate_mod, "write_images", disk_full)
     gen = load_generator(dp_run)
     # Execute
     with pytest.raises(SynthfedError) as exc:

@@ -329,7 +329,7 @@ def test_pretrain_then_init_from_costs_no_budget_and_the_card_names_the_folder(t
     gen = runner.invoke(app, ["generate", str(tmp_path / "run"), "--out", str(tmp_path / "data"), "--per-class", "1",
                               "--steps", "2"])
     assert gen.exit_code == 0, gen.output
-    card = (tmp_path / "data" / "CARD.md").read_text()
+    card = (tmp_path / "data" / "README.md").read_text()
     assert "initialised from the model folder 'model'" in card and str(tmp_path) not in card
 
 

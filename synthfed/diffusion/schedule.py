@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-SAMPLERS = ("ddpm", "ddim")
-DDPM_VARIANCES = ("fixed_small", "fixed_large")  # sigma^2 = beta-tilde (posterior) or beta
+from synthfed.config import DDPM_VARIANCES, SAMPLERS  # noqa: F401  (names only, torch-free: the CLI lists them)
 
 
 @dataclass(frozen=True)

@@ -21,19 +21,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from synthfed.config import ConfigError, TrainConfig
+from synthfed.settings import BY_FIELD, SETTINGS
 
-# run-config key -> TrainConfig field (the CLI's option names)
-TRAIN_KEYS = {
-    "data": "data", "strategy": "strategy", "clients": "num_clients", "partition": "partition", "alpha": "alpha",
-    "min-partition-size": "min_partition_size", "max-client-size": "max_client_size", "rounds": "rounds",
-    "local-epochs": "local_epochs", "participation": "participation", "batch-size": "batch_size", "lr": "lr",
-    "ema-decay": "ema_decay", "label-dropout": "label_dropout", "preset": "preset", "image-size": "image_size",
-    "timesteps": "num_train_timesteps", "beta-start": "beta_start", "beta-end": "beta_end", "epsilon": "epsilon",
-    "delta": "delta", "max-grad-norm": "max_grad_norm", "noise-multiplicity": "noise_multiplicity", "head": "head",
-    "head-epochs": "head_epochs", "t0": "t0", "clip-norm": "clip_norm", "upload-copies": "upload_copies",
-    "label-epsilon": "label_epsilon", "public-labels": "public_labels", "local-epsilon": "local_epsilon",
-    "precision": "precision", "device": "device", "seed": "seed", "physical-batch-size": "physical_batch_size",
-}
+# run-config key -> TrainConfig field: the settings' one public names (synthfed.settings)
+TRAIN_KEYS = {s.name: s.field for s in SETTINGS}
 NONE = ("", "none", "None")
 
 
@@ -101,13 +92,10 @@ def from_run_config(run_config: dict) -> tuple[TrainConfig, FlowerOptions]:
             flower[key.replace("-", "_")] = raw
         else:
             raise ConfigError(f"unknown run-config key {key!r}")
-    for name in ("num_clients", "rounds", "local_epochs", "batch_size", "seed", "head_epochs", "upload_copies",
-                 "noise_multiplicity", "min_partition_size", "num_train_timesteps"):
-        if name in train:
-            train[name] = int(train[name])
-    for name in ("max_client_size", "image_size", "t0", "physical_batch_size"):
-        if train.get(name) is not None:
-            train[name] = int(train[name])
+    for name, value in train.items():  # the CLI's --run-config "rounds=3" may hand over 3.0 or "3"
+        kind, _ = BY_FIELD[name].kind
+        if kind == "int" and value is not None:
+            train[name] = int(value)
     config = TrainConfig(**train).validate()
     run_dir = str(flower.pop("run_dir", "") or "")
     name = str(flower.pop("run_name", "") or "") or Path(run_dir).name

@@ -15,8 +15,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from diffusers import UNet2DModel
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and diffusers load when a model is built, not when a preset is named (CLI start-up)
+    import torch
+    from diffusers import UNet2DModel
 
 MODEL_META_FILE = "synthfed_model.json"
 
@@ -122,10 +125,12 @@ def check_image_size(preset: str, image_size: int) -> None:
         )
 
 
-def build_unet(spec: ModelSpec) -> UNet2DModel:
+def build_unet(spec: ModelSpec) -> "UNet2DModel":
     if spec.preset not in PRESETS:
         raise ValueError(f"unknown model preset {spec.preset!r}; choose from {sorted(PRESETS)}")
     check_image_size(spec.preset, spec.image_size)
+    from diffusers import UNet2DModel
+
     p = PRESETS[spec.preset]
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in p.attention_levels)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(p.attention_levels))
@@ -146,10 +151,12 @@ def build_unet(spec: ModelSpec) -> UNet2DModel:
 
 
 def _contiguous_inputs(module, args: tuple) -> tuple:
+    import torch
+
     return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def add_contiguous_inputs(model: torch.nn.Module) -> list:
+def add_contiguous_inputs(model: "torch.nn.Module") -> list:
     """Make every Conv2d and GroupNorm input contiguous (forward pre-hooks;
     returns the handles).
 
@@ -159,22 +166,26 @@ def add_contiguous_inputs(model: torch.nn.Module) -> list:
     DESIGN.md §4), and a GroupNorm backward that needs its weight gradient but
     not its input gradient (a frozen backbone under FedRep) segfaults.
     Contiguous inputs avoid both, at the cost of a copy."""
+    import torch
+
     kinds = (torch.nn.Conv2d, torch.nn.GroupNorm)
     return [m.register_forward_pre_hook(_contiguous_inputs) for m in model.modules() if isinstance(m, kinds)]
 
 
-def save_model(model: UNet2DModel, spec: ModelSpec, directory: str | Path) -> None:
+def save_model(model: "UNet2DModel", spec: ModelSpec, directory: str | Path) -> None:
     """A diffusers-loadable folder (config.json + safetensors) plus our spec."""
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True)
     (directory / MODEL_META_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
 
 
-def load_model(directory: str | Path) -> tuple[UNet2DModel, ModelSpec]:
+def load_model(directory: str | Path) -> tuple["UNet2DModel", ModelSpec]:
     directory = Path(directory)
     meta = directory / MODEL_META_FILE
     if not meta.is_file():
         raise FileNotFoundError(f"{directory} is not a synthfed model folder (no {MODEL_META_FILE})")
     spec = ModelSpec.from_dict(json.loads(meta.read_text()))
+    from diffusers import UNet2DModel
+
     model = UNet2DModel.from_pretrained(directory, use_safetensors=True, low_cpu_mem_usage=False)
     return model, spec

@@ -1,0 +1,97 @@
+"""Typer options generated from ``synthfed.settings.SETTINGS``, and ``--config``.
+
+``with_settings(names)`` decorates a command so that it takes those settings as
+options, each under its one public name, with the dataclass's default, its
+help and (for a fixed set of values) a ``click.Choice``. The command receives
+them keyed by ``TrainConfig`` field. ``--config FILE`` reads a TOML file of
+the same names into click's default map: a value typed on the command line
+wins over the file, the file over the defaults."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+import typer
+
+from synthfed.config import ConfigError
+from synthfed.settings import BY_FIELD, SETTINGS, Setting, fields_from_table
+
+_PY_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+# What the command line takes differs from the field for these: participation is
+# "0.5" or "3" (parsed by the CLI), warm-start's "auto" is resolved by the DP recipe.
+_CLI_DEFAULTS = {"participation": "1.0", "warm_start": "auto"}
+_CLI_TYPES = {"participation": str}
+
+
+def _parameter(setting: Setting, default=None) -> inspect.Parameter:
+    kind, nullable = setting.kind
+    value = _CLI_DEFAULTS.get(setting.field, setting.default) if default is None else default
+    annotation = _CLI_TYPES.get(setting.field, _PY_TYPES[kind])
+    if nullable and setting.field not in _CLI_TYPES:
+        annotation = Optional[annotation]
+    extra = {"click_type": click.Choice(setting.choices)} if setting.choices else {}
+    option = typer.Option(value, setting.option, help=setting.help, **extra)
+    return inspect.Parameter(setting.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _read_config(ctx: click.Context, _param: click.Parameter, path: Optional[str]) -> Optional[str]:
+    """Eager: load the file into the default map before the other options parse."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+    # A flat file, or the [train] table alone (an experiment's [train] spells settings the same way).
+    table = raw["train"] if set(raw) == {"train"} and isinstance(raw["train"], dict) else raw
+    values = fields_from_table(table, f"--config {Path(path).name}")
+    known = {p.name for p in ctx.command.params}
+    outside = sorted(BY_FIELD[f].name for f in values if f not in known)
+    if outside:
+        raise ConfigError(f"--config {Path(path).name}: {', '.join(outside)} is not an option of this command")
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
+CONFIG_OPTION = inspect.Parameter(
+    "config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+    default=typer.Option(None, "--config", metavar="FILE.toml", is_eager=True, callback=_read_config,
+                         help="A TOML file of settings under these same names (e.g. local-epochs = 2); "
+                              "options typed on the command line win."),
+)
+
+
+def with_settings(names: list[str] | None = None, *, defaults: dict | None = None,
+                  config_file: bool = False) -> Callable:
+    """Give a command the settings ``names`` (all when None) as options, after
+    its own parameters; ``defaults`` overrides a default by field name."""
+    chosen = [s for s in SETTINGS if names is None or s.name in names]
+    defaults = defaults or {}
+
+    def decorate(func: Callable) -> Callable:
+        own = [p for p in inspect.signature(func).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        params = [*own, *(_parameter(s, defaults.get(s.field)) for s in chosen)]
+        if config_file:
+            params.append(CONFIG_OPTION)
+
+        @functools.wraps(func)
+        def command(**kwargs):
+            kwargs.pop("config_file", None)
+            return func(**kwargs)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer must read the signature above, not func's
+        return command
+
+    return decorate
