@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from synthfed.config import TrainConfig
 from synthfed.flower.deploy import Deployment, write_app
 from synthfed.flower.run_config import FlowerOptions, to_run_config
-from synthfed.train import train
+from synthfed.training import train
 
 EMA = "global/ema/diffusion_pytorch_model.safetensors"
 

@@ -65,7 +65,7 @@ def seconds_per_step(args, epsilon, strategy, work: Path) -> float:
     """Seconds per step of the same model and mechanism: the difference of two
     short runs (PROBE_STEPS and PROBE_STEPS // 4 steps), so loading the data,
     calibrating and checkpointing (fixed costs) do not count as step time."""
-    from synthfed.train import train
+    from synthfed.training import train
 
     def timed(steps: int, folder: str) -> float:
         probe = base_config(args, epsilon, strategy, local_steps=steps).replace(
@@ -84,7 +84,7 @@ def plan_steps(args, epsilon, strategy, work: Path) -> tuple[int, float, float]:
 
     The warm start (plain steps on draws of the DP class Gaussians) comes out
     of the same budget; what is left goes to the (DP-)SGD steps."""
-    from synthfed.train import load_federated_data
+    from synthfed.training import load_federated_data
 
     sps = seconds_per_step(args, epsilon, strategy, work / "probe")
     warm_sps, budget = 0.0, args.minutes * 60
@@ -103,7 +103,7 @@ def classifier_fid(args, dataset: Path) -> float:
     from synthfed.data import load_source
     from synthfed.evaluate.cache import EvalCache
     from synthfed.evaluate.fid import ClassifierFeatures, FeatureStats, fid_between
-    from synthfed.generate import load_generated
+    from synthfed.generation import load_generated
 
     real_train, real_test = (load_source(args.data, split=s).resized(args.image_size) for s in ("train", "test"))
     features = ClassifierFeatures.fit(real_train, cache=EvalCache())
@@ -116,8 +116,8 @@ def classifier_fid(args, dataset: Path) -> float:
 
 def run_row(args, epsilon, strategy, out: Path) -> dict:
     from synthfed.fairness.audit import run_audit
-    from synthfed.generate import generate_dataset, load_generator
-    from synthfed.train import train
+    from synthfed.generation import generate_dataset, load_generator
+    from synthfed.training import train
 
     name = f"{'nonprivate' if epsilon is None else f'eps{epsilon:g}'}-{strategy}"
     work = out / name

@@ -97,7 +97,7 @@ def train(
     **settings,
 ) -> None:
     """Train a class-conditional DDPM across clients without moving their images."""
-    from synthfed.train import train as run_train
+    from synthfed.training import train as run_train
 
     ctx = click.get_current_context()
     if resume is not None:
@@ -175,7 +175,7 @@ def generate(
     """Sample a trained model into PNGs with a manifest."""
     from synthfed.card import NOT_DP, counts_origin, privacy_label, resolve_class_counts
     from synthfed.federated.simulation import resolve_device
-    from synthfed.generate import generate_dataset, load_generator
+    from synthfed.generation import generate_dataset, load_generator
 
     if per_class < 1:
         raise UsageError("--per-class must be at least 1")
@@ -228,7 +228,7 @@ def partition(
     save: Optional[Path] = typer.Option(None, help="Also write the table as CSV here."),
 ) -> None:
     """Print the class counts per client of a partition."""
-    from synthfed.train import load_federated_data
+    from synthfed.training import load_federated_data
 
     config = TrainConfig(
         data=data, num_clients=clients, partition=scheme, alpha=alpha, min_partition_size=min_partition_size, seed=seed

@@ -1,13 +1,17 @@
-"""``synthfed audit``: utility, class-wise fairness and privacy of a generated dataset.
+"""``synthfed audit``: utility, fairness, distribution fidelity and privacy of a generated dataset.
 
 Registered on the main app by :func:`register`; the logic lives in
-``synthfed.fairness.audit`` (the CLI only parses, validates and prints)."""
+``synthfed.fairness.audit`` (the CLI only parses, validates and prints).
+``--fail-on check|alert`` makes the verdict an exit code for CI
+(:data:`FAIL_EXIT_CODE`; 1 and 2 stay data and usage errors). The real data
+is ``--data`` as for ``train``; ``--real`` is a hidden, deprecated alias."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +20,33 @@ from synthfed.errors import InputError, UsageError
 
 out = Console()
 err = Console(stderr=True)
+
+# The exit code of an audit whose verdict reaches --fail-on (1: bad data or a failure, 2: a usage error).
+FAIL_EXIT_CODE = 3
+FAIL_ON_WORDS = ("check", "alert")
+# synthfed.fairness.distribution.FID_FEATURES, spelled out here: importing that module loads numpy.
+FID_SPACES = ("auto", "inception", "classifier", "none")
+
+
+def _real_spec(data: Optional[str], real: Optional[str]) -> str:
+    """--data, or the deprecated --real (with a note); both only when they agree."""
+    if data is not None and real is not None and data != real:
+        raise UsageError(f"--data {data} and --real {real} disagree; --real is the old name of --data: pass --data only")
+    if data is None and real is None:
+        raise UsageError("missing option --data SPEC: the real data the model was trained on, as for train --data")
+    if data is None:
+        from synthfed.cli.errors import say
+
+        say("note:", "yellow", "--real is deprecated: use --data (same meaning, as for train)")
+    return data if data is not None else real
+
+
+def _check_fid_options(fid_features: str, fid_max_images: Optional[int]) -> None:
+    from synthfed.fairness.distribution import check_fid_features
+
+    if fid_max_images is not None and fid_max_images < 20:
+        raise UsageError("--fid-max-images must be at least 20")
+    check_fid_features(fid_features)  # "inception" without the weights: the install hint, before any work
 
 
 def _unique_names(dirs: list[Path]) -> list[str]:
@@ -38,7 +69,8 @@ def _check_dataset_dir(path: Path, what: str) -> None:
 
 def audit(
     dataset_dir: Path = typer.Argument(..., metavar="DATASET_DIR", help="A generated dataset folder (manifest.csv + images, from `synthfed generate`)."),
-    real: str = typer.Option(..., "--real", metavar="SPEC", help="The real data the model was trained on, as for train --data (its test split is the yardstick)."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="SPEC", help="The real data the model was trained on, as for train --data (its test split is the yardstick). Required."),
+    real: Optional[str] = typer.Option(None, "--real", metavar="SPEC", hidden=True, help="Deprecated alias of --data."),
     out_dir: Path = typer.Option(..., "--out", metavar="REPORT_DIR", help="Folder for report.html, report.json and the CSV tables (created; files in it are replaced)."),
     run: Optional[Path] = typer.Option(None, "--run", metavar="RUN_DIR", help="The run that produced the images (default: the dataset card's source); enables per-client baselines and the membership attack."),
     compare: Optional[List[Path]] = typer.Option(None, "--compare", metavar="DIR", help="Another generated dataset to audit and compare (repeat the option for several)."),
@@ -50,13 +82,18 @@ def audit(
     no_mia: bool = typer.Option(False, "--no-mia", help="Skip the membership-inference attack."),
     include_real_images: bool = typer.Option(False, "--include-real-images", help="Embed the nearest real training images and the real class histogram (the report is then marked 'contains personal data: do not share')."),
     real_mismatch_ok: bool = typer.Option(False, "--real-mismatch-ok", help="Audit against real data other than the run's training data (the report is stamped so)."),
+    fid_features: str = typer.Option("auto", "--fid-features", click_type=click.Choice(FID_SPACES), help="Feature space of FID and precision/recall: auto (InceptionV3 when installed, else classifier), inception, classifier (the label-fidelity judge), none."),
+    fid_max_images: Optional[int] = typer.Option(None, "--fid-max-images", metavar="N", help="Compare at most N synthetic and N real test images (stratified; default 500 with Inception, 2000 with classifier features)."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", click_type=click.Choice(FAIL_ON_WORDS), help=f"For CI: exit with code {FAIL_EXIT_CODE} (after writing the report) when the verdict reaches check (any CHECK or ALERT) or alert (any ALERT). Default: exit 0 whatever the verdict."),
     seed: int = typer.Option(0, help="Seed of the validation splits, classifiers and attack noise."),
 ) -> None:
-    """Audit a synthetic dataset: downstream utility on real test data, per-class fairness, memorization and membership inference."""
+    """Audit a synthetic dataset: downstream utility on real test data, fairness across classes, sites and attribute groups, FID and precision/recall, memorization and membership inference."""
     from synthfed.cli.render import RichProgress
     from synthfed.fairness.audit import run_audit
     from synthfed.fairness.classifiers import FAMILIES
 
+    real = _real_spec(data, real)
+    _check_fid_options(fid_features, fid_max_images)
     families = tuple(f.strip() for f in classifiers.split(",") if f.strip())
     if not families or any(f not in FAMILIES for f in families):
         raise UsageError(f"--classifiers must be a comma-separated subset of {', '.join(FAMILIES)}, not {classifiers!r}")
@@ -92,7 +129,7 @@ def audit(
 
     common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, judge_epochs=judge_epochs,
                   max_real_train=max_real_train, mia=not no_mia, include_real_images=include_real_images,
-                  allow_real_mismatch=real_mismatch_ok)
+                  allow_real_mismatch=real_mismatch_ok, fid_features=fid_features, fid_max_images=fid_max_images)
     with RichProgress(err) as progress:
         others = {}
         for name, c in zip(names[1:], compare):
@@ -104,6 +141,7 @@ def audit(
         s = report["summary"][key]
         style = {"ok": "green", "warning": "yellow", "alert": "red"}[s["level"]]
         out.print(f"[bold {style}]{key} ({s['level']})[/bold {style}]: {s['text']}")
+    _print_extras(report)
     if report.get("comparison"):
         comp = report["comparison"]
         table = Table(title=f"comparison (bias reduction vs {comp['reference']})")
@@ -119,6 +157,31 @@ def audit(
     if include_real_images:
         err.print("[bold red]warning:[/bold red] the report contains personal data (real training images and class "
                   "histogram): do not share it", soft_wrap=True)
+    _gate(report, fail_on)
+
+
+def _print_extras(report: dict) -> None:
+    """One line each: FID and precision/recall, the attack's TPR at low FPR."""
+    d = report.get("distribution") or {}
+    if d.get("fid") is not None:
+        pr = "" if d.get("precision") is None else f", precision {d['precision']:.0%}, recall {d['recall']:.0%}"
+        out.print(f"distribution: {d['label']} {d['fid']:.2f}{pr} ({d['num_synthetic']} synthetic vs "
+                  f"{d['num_real']} real test images)", soft_wrap=True, highlight=False)
+    tpr = ((report.get("privacy") or {}).get("membership") or {}).get("tpr_at_fpr")
+    if tpr:
+        out.print("membership attack: " + ", ".join(f"TPR {v:.1%} at FPR {t}" for t, v in tpr.items()),
+                  highlight=False)
+
+
+def _gate(report: dict, fail_on: Optional[str]) -> None:
+    """--fail-on: exit FAIL_EXIT_CODE when the verdict reaches the level (after the report is written)."""
+    from synthfed.fairness.verdict import fails, overall_level
+
+    if fails(report, fail_on):
+        word = {"ok": "OK", "warning": "CHECK", "alert": "ALERT"}[overall_level(report)]
+        err.print(f"[bold red]failed:[/bold red] the audit's verdict is {word}, which --fail-on {fail_on} does not "
+                  f"accept (exit code {FAIL_EXIT_CODE})", soft_wrap=True)
+        raise typer.Exit(FAIL_EXIT_CODE)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,7 @@ def export(
     """Write a diffusers pipeline folder (model_index.json, unet/, scheduler/, README.md model card)."""
     from synthfed.card import NOT_DP, privacy_label
     from synthfed.cli.render import RichProgress
-    from synthfed.export import CARD_FILE, PIPELINE_FILE, load_exportable, write_pipeline_folder
+    from synthfed.pipeline_folder import CARD_FILE, PIPELINE_FILE, load_exportable, write_pipeline_folder
 
     gen = load_exportable(model, client=client, use_ema=not no_ema)
     with RichProgress(err) as progress:

@@ -123,7 +123,7 @@ def calibrate(
     would run with the same options (the same planner); trains nothing."""
     from synthfed.config import TrainConfig
     from synthfed.recipes import resolve_warm_start
-    from synthfed.train import load_federated_data
+    from synthfed.training import load_federated_data
 
     if n is not None and n < 1:
         raise UsageError("--n must be at least 1")

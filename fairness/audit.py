@@ -8,12 +8,16 @@
   are tested on the same real test split;
 * **fairness** — per-class recall, worst class, gap, class-wise bias (DESIGN.md
   §6), label fidelity judged by a CNN trained on real data, class-histogram TV;
+  accuracy per site and per attribute group (``groups.py``, Fairlearn);
+* **distribution** — FID and k-NN precision/recall against the real test split
+  (``distribution.py``: InceptionV3 when installed, else the judge's features);
 * **privacy** — the dataset card's guarantee, the nearest-neighbour
-  memorization check, and a loss-threshold membership attack on the model.
+  memorization check, and a loss-threshold membership attack on the model
+  (AUC, TPR at low FPR, ROC curve).
 
-The real test split enters in exactly two places: ``predictor.predict`` of
-already chosen classifiers, and the privacy hold-out. Selection code never
-receives it (``select_and_train`` takes only the training set).
+The real test split enters only after selection: ``predictor.predict`` of
+already chosen classifiers, the FID reference and the privacy hold-out.
+Selection code never receives it (``select_and_train`` takes only the training set).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from synthfed.fairness.metrics import (
     tv_distance,
 )
 from synthfed.fairness.comparison import COMPARE_METRICS, _jsonable, compare_audits, headline_metrics
+from synthfed.fairness.distribution import (check_fid_features, choose_features, distribution_fidelity,
+                                            stratified_subset as _cap)
+from synthfed.fairness.groups import audit_groups
 from synthfed.fairness.privacy_report import privacy_card
 from synthfed.fairness.release import check_report_dir, public_source, public_spec, scrub_local_paths
 from synthfed.fairness.verdict import _summaries
@@ -94,22 +101,10 @@ def _train_source(train_set: ImageDataset, real: str) -> str:
     return f"the training split of {public_spec(real)}"
 
 
-def _cap(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
-    """A stratified random subset of at most ``limit`` images (all of them when ``limit`` is None)."""
-    if limit is None or len(dataset) <= limit:
-        return dataset
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(dataset.labels)
-    stratify = dataset.labels if counts[counts > 0].min() >= 2 else None
-    keep, _ = train_test_split(np.arange(len(dataset)), train_size=int(limit), random_state=seed, stratify=stratify)
-    return dataset.subset(np.sort(keep))
-
-
 def _load_inputs(dataset_dir: Path, real: str, run_dir, allow_real_mismatch: bool, notes: list[str]) -> AuditInputs:
     """Load and check everything before the long work: a refusal here costs seconds.
     (Here, not in audit_inputs, so tests can swap this module's ``load_source``.)"""
-    from synthfed.generate import load_generated
+    from synthfed.generation import load_generated
 
     synthetic, card = load_generated(dataset_dir)
     c, size, _ = synthetic.image_shape
@@ -118,7 +113,7 @@ def _load_inputs(dataset_dir: Path, real: str, run_dir, allow_real_mismatch: boo
     real_train = real_native.resized(size)
     real_test = load_source(real, split="test").resized(size)
     if real_train.image_shape != synthetic.image_shape:
-        raise DataError(f"--real {real} has {real_train.image_shape[0]} channel(s), the synthetic images "
+        raise DataError(f"--data {real} has {real_train.image_shape[0]} channel(s), the synthetic images "
                         f"{c}: audit against the data the model was trained on")
     synthetic = align_classes(synthetic, real_train, real)
     run = resolve_run(run_dir, card, dataset_dir, notes)
@@ -132,10 +127,10 @@ def _load_inputs(dataset_dir: Path, real: str, run_dir, allow_real_mismatch: boo
         fed, warning = training_data(real, real_train, size, run, info, config, allow_mismatch=allow_real_mismatch)
         if fed is None:
             notes.append(f"The training data of run {run.name} is not available here: the baselines and the "
-                         "memorization check use the training split of --real, and the membership attack is skipped.")
+                         "memorization check use the training split of --data, and the membership attack is skipped.")
         elif fed.class_names != real_train.class_names or fed.clients[0].image_shape[0] != c:
             raise DataError(f"run {run} was trained on {config.data} (classes {list(fed.class_names)}), "
-                            f"not on --real {real}")
+                            f"not on --data {real}")
     train_set = real_train
     if fed is not None:
         pooled = fed.pooled().resized(size)
@@ -163,6 +158,8 @@ def run_audit(
     name: str | None = None,
     include_real_images: bool = False,
     allow_real_mismatch: bool = False,
+    fid_features: str = "auto",
+    fid_max_images: int | None = None,
     progress: Progress = null_progress,
 ) -> dict:
     """Audit the generated dataset in ``dataset_dir`` against the real source ``real`` (a ``--data`` spec).
@@ -186,8 +183,11 @@ def run_audit(
     unless ``allow_real_mismatch``, which stamps the report with
     ``real_data_warning`` and a banner. Resizing ``real`` to the synthetic
     size is announced as a DataNote.
+    ``fid_features`` (auto, inception, classifier, none): the feature space of FID and
+    precision/recall; ``fid_max_images`` caps each side (default 500 Inception, 2000 classifier).
     """
     dataset_dir = Path(dataset_dir)
+    check_fid_features(fid_features)  # a missing optional weights file fails now, not after the long work
     if out_dir is not None:  # before any long work
         check_report_dir(out_dir, datasets=[dataset_dir], run=run_dir)
     with audit_output(out_dir):
@@ -195,16 +195,16 @@ def run_audit(
                       cnn_epochs=cnn_epochs, judge_epochs=judge_epochs, mia=mia, mia_max_examples=mia_max_examples,
                       max_real_train=max_real_train, compare_with=compare_with, reference=reference, name=name,
                       include_real_images=include_real_images, allow_real_mismatch=allow_real_mismatch,
-                      progress=progress)
+                      fid_features=fid_features, fid_max_images=fid_max_images, progress=progress)
 
 
 def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epochs, judge_epochs, mia,
            mia_max_examples, max_real_train, compare_with, reference, name, include_real_images,
-           allow_real_mismatch, progress) -> dict:
+           allow_real_mismatch, fid_features, fid_max_images, progress) -> dict:
     """The audit itself (``run_audit`` has checked ``out_dir`` and cleans up after a failure)."""
     from synthfed.privacy.memorization import nearest_neighbour_audit
 
-    steps = ["load", "tstr", "baselines", "fidelity", "memorization", "membership", "report"]
+    steps = ["load", "tstr", "baselines", "fidelity", "distribution", "groups", "memorization", "membership", "report"]
     progress(TaskStarted("audit", f"auditing {dataset_dir.name}", len(steps)))
 
     def step(label: str) -> None:
@@ -230,7 +230,8 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
         notes.append(f"Speed cap: the pooled real baseline and the label-fidelity judge were trained on a stratified "
                      f"{len(fit_set)} of the {len(train_set)} real training images (--max-real-train).")
     sel_real = select_and_train(fit_set, val_fraction=VAL_FRACTION, seed=seed, families=families, cnn_epochs=cnn_epochs)
-    baselines.append(_metrics_row("real, all clients pooled", "real_pooled", sel_real, real_test, len(fit_set))[0])
+    pooled_row, pooled_pred = _metrics_row("real, all clients pooled", "real_pooled", sel_real, real_test, len(fit_set))
+    baselines.append(pooled_row)
     if fed is not None and fed.num_clients > 1:
         for cname, cds in zip(fed.client_names, fed.clients):
             cds = _cap(cds.resized(size), max_real_train, seed)
@@ -256,7 +257,6 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
     predicted = np.bincount(judged, minlength=k).astype(float)
     client_biases = [b["bias"] for b in baselines if b["kind"] == "real_client"]
     mean_client_bias = float(np.mean(client_biases)) if client_biases else None
-    pooled_row = baselines[0]
     fairness = {
         "bias": tstr["bias"],
         "gap": tstr["gap"],
@@ -285,6 +285,17 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
     }
     step("fidelity")
 
+    # -- distribution fidelity (FID, precision/recall) and fairness across sites and attribute groups
+    space = choose_features(fid_features, judge=judge, judge_set=fit_set, judge_epochs=judge_epochs, seed=seed,
+                            notes=notes)
+    distribution = ({"skipped": "disabled"} if space is None else
+                    distribution_fidelity(synthetic, real_test, space, max_images=fid_max_images, seed=seed,
+                                          progress=progress))
+    step("distribution")
+    groups = audit_groups(tstr=(tstr["name"], sel.model.predict, tstr_pred), real_test=real_test, fed=fed,
+                          real_pooled=(pooled_row["name"], pooled_pred), size=size, seed=seed)
+    step("groups")
+
     # -- privacy
     progress(Message("nearest-neighbour memorization check"))
     mem = nearest_neighbour_audit(synthetic.images, train_set.images, real_test.images, seed=seed)
@@ -298,7 +309,7 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
     elif fed is None:
         membership = {"skipped": "the run's training data is not available"}
     else:
-        from synthfed.generate import load_generator
+        from synthfed.generation import load_generator
         from synthfed.privacy.membership import loss_threshold_mia
 
         progress(Message("membership-inference attack on the model"))
@@ -354,6 +365,7 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
             "selection": "best validation accuracy on a stratified split of each training set; never the real test set",
             "judge_epochs": judge_epochs,
             "max_real_train": max_real_train,
+            "fid_features": fid_features,
         },
         "utility": {
             "tstr": tstr,
@@ -361,6 +373,8 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
             "utility_ratio": tstr["accuracy"] / pooled_row["accuracy"] if pooled_row["accuracy"] > 0 else None,
         },
         "fairness": fairness,
+        "groups": groups,
+        "distribution": distribution,
         "privacy": privacy,
         "notes": notes,
     }

@@ -5,11 +5,11 @@
   a second, not after minutes of training;
 * a failed audit removes what it created under ``--out`` (the folder itself
   only if the audit made it; in a folder that existed, only the new entries);
-* ``--real`` must be the data the run was trained on. Same class names are
+* ``--data`` must be the data the run was trained on. Same class names are
   not enough: another dataset with classes '0'..'9' gave a full report ("keeps
   88% of the real data's utility") comparing unrelated data. The run's
   ``run.json`` records its data spec and each client's fingerprint (sha256 of
-  pixels and labels); a ``--real`` with another spec must rebuild those very
+  pixels and labels); a ``--data`` with another spec must rebuild those very
   clients, else the audit is refused unless explicitly allowed, and then the
   report carries a warning.
 """
@@ -81,12 +81,12 @@ def audit_output(out_dir):
         raise
 
 
-# --------------------------------------------------------------------------- --real
+# --------------------------------------------------------------------------- --data
 def note_real_resized(real: str, real_train: ImageDataset, size: int) -> None:
-    """DataNote when --real is not at the synthetic images' size (it is resized to match)."""
+    """DataNote when --data is not at the synthetic images' size (it is resized to match)."""
     _, h, w = real_train.image_shape
     if (h, w) != (size, size):
-        warnings.warn(f"--real resized from {w}x{h} to {size}x{size} to match the synthetic images", DataNote,
+        warnings.warn(f"--data resized from {w}x{h} to {size}x{size} to match the synthetic images", DataNote,
                       stacklevel=2)
 
 
@@ -105,15 +105,15 @@ def _fingerprints(fed: FederatedData) -> list[str]:
 
 
 def _contains(real_train: ImageDataset, pooled: ImageDataset) -> bool:
-    """Every pooled client image is in --real's training split, with the same class name."""
+    """Every pooled client image is in --data's training split, with the same class name."""
     have = {(img.tobytes(), real_train.class_names[y]) for img, y in zip(real_train.images, real_train.labels)}
     return all((img.tobytes(), pooled.class_names[y]) in have for img, y in zip(pooled.images, pooled.labels))
 
 
 def _rebuilt_from_real(real: str, config, recorded: list[str]):
-    """The run's clients rebuilt from --real with the run's own split settings,
+    """The run's clients rebuilt from --data with the run's own split settings,
     when that reproduces the recorded fingerprints; else None."""
-    from synthfed.train import load_federated_data
+    from synthfed.training import load_federated_data
 
     if not recorded or config.partition == "folders":
         return None
@@ -127,16 +127,16 @@ def _rebuilt_from_real(real: str, config, recorded: list[str]):
 def training_data(real: str, real_train: ImageDataset, size: int, run: Path, info: dict, config, *,
                   allow_mismatch: bool) -> tuple[FederatedData | None, str | None]:
     """The run's clients' datasets, and the warning to stamp on the report when
-    --real is not the training data (None when it is).
+    --data is not the training data (None when it is).
 
-    --real is the training data when it names the run's source (and the
+    --data is the training data when it names the run's source (and the
     rebuilt clients match the recorded fingerprints), when rebuilding the
-    run's split from --real reproduces those fingerprints (the same files
-    under another path), or, for per-client folder runs, when --real's
+    run's split from --data reproduces those fingerprints (the same files
+    under another path), or, for per-client folder runs, when --data's
     training split holds every client image. Otherwise: UsageError, or with
     ``allow_mismatch`` the run's own data (when it loads) plus a warning.
     """
-    from synthfed.train import load_federated_data
+    from synthfed.training import load_federated_data
 
     recorded = [str(c.get("fingerprint") or "") for c in info.get("clients", [])]
     recorded = recorded if recorded and all(recorded) else []  # Flower runs record none
@@ -155,12 +155,12 @@ def training_data(real: str, real_train: ImageDataset, size: int, run: Path, inf
         elif same_spec or _contains(real_train, fed.pooled().resized(size)):
             return fed, None
     if not allow_mismatch:
-        raise UsageError(f"--real {reason}; pass the training data, or {REAL_MISMATCH_FLAG} to audit against "
+        raise UsageError(f"--data {reason}; pass the training data, or {REAL_MISMATCH_FLAG} to audit against "
                          "other data")
     if fed is None:
         with contextlib.suppress(DataError, FileNotFoundError):
             fed = load_federated_data(config)
-    warning = (f"AUDITED AGAINST OTHER DATA: --real {public_spec(real)} is not the data run {run.name} was "
+    warning = (f"AUDITED AGAINST OTHER DATA: --data {public_spec(real)} is not the data run {run.name} was "
                f"trained on ({public_spec(config.data)}); the utility and fairness numbers compare the synthetic "
                f"images with different real data ({REAL_MISMATCH_FLAG}).")
     return fed, warning
@@ -173,7 +173,7 @@ def align_classes(synthetic: ImageDataset, real: ImageDataset, spec: str) -> Ima
     if set(synthetic.class_names) <= set(real.class_names):
         return synthetic.with_class_names(real.class_names)
     raise DataError(
-        f"the synthetic classes {list(synthetic.class_names)} are not the classes of --real {spec} "
+        f"the synthetic classes {list(synthetic.class_names)} are not the classes of --data {spec} "
         f"({list(real.class_names)}); audit against the data the model was trained on"
     )
 
@@ -206,11 +206,11 @@ class AuditInputs:
     synthetic: ImageDataset
     card: dict
     real_test: ImageDataset
-    train_set: ImageDataset  # the run's pooled clients, else --real's training split
+    train_set: ImageDataset  # the run's pooled clients, else --data's training split
     run: Path | None
     fed: FederatedData | None
-    real_warning: str | None  # set when --real is not the training data (allowed explicitly)
-    real_size: tuple[int, int]  # --real's own (height, width) before resizing
+    real_warning: str | None  # set when --data is not the training data (allowed explicitly)
+    real_size: tuple[int, int]  # --data's own (height, width) before resizing
 
 
 def stamp_real_warning(report: dict, warning: str | None) -> None:

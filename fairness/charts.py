@@ -169,3 +169,46 @@ td.t,th.t{text-align:left;} tr.chosen td{font-weight:700;background:#eff6ff;}
 .pair.copy{border:2px solid #b91c1c;} .note{font-size:12.5px;color:#4b5563;} .small{font-size:12px;color:#4b5563;}
 dl{font-size:12.5px;} dt{font-weight:700;margin-top:6px;} dd{margin-left:14px;color:#374151;}
 """
+
+
+def _roc_svg(fpr: Sequence[float], tpr: Sequence[float], *, tpr_at: dict[str, float], resolution: float,
+             width: int = 380, height: int = 330) -> str:
+    """The attack's ROC on log-log axes (TPR against FPR), the chance diagonal
+    dashed and the stated low-FPR points marked. Axes start one decade at or
+    below the FPR resolution (1 / non-members; at most 1e-3); points below the
+    axis (FPR or TPR 0) are drawn on it."""
+    lo = 10.0 ** min(-3, math.floor(math.log10(max(resolution, 1e-9)) + 1e-9))
+    left, right, top, bottom = 54, 14, 12, 44
+    pw, ph = width - left - right, height - top - bottom
+    span = -math.log10(lo)
+
+    def x(v: float) -> float:
+        return left + pw * (math.log10(max(float(v), lo)) + span) / span
+
+    def y(v: float) -> float:
+        return top + ph - ph * (math.log10(max(float(v), lo)) + span) / span
+
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="membership attack ROC, log-log">']
+    for e in range(int(round(math.log10(lo))), 1):
+        v = 10.0 ** e
+        label = "1" if e == 0 else f"1e{e}"
+        out.append(f'<line x1="{x(v):.1f}" y1="{top}" x2="{x(v):.1f}" y2="{top + ph}" class="grid"/>'
+                   f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + pw}" y2="{y(v):.1f}" class="grid"/>'
+                   f'<text x="{x(v):.1f}" y="{top + ph + 14}" class="tick" text-anchor="middle">{label}</text>'
+                   f'<text x="{left - 5}" y="{y(v) + 3.5:.1f}" class="tick" text-anchor="end">{label}</text>')
+    out.append(f'<line x1="{x(lo):.1f}" y1="{y(lo):.1f}" x2="{x(1):.1f}" y2="{y(1):.1f}" stroke="#9ca3af" '
+               'stroke-dasharray="4 3"><title>chance: TPR = FPR</title></line>')
+    pts = " ".join(f"{x(f):.1f},{y(t):.1f}" for f, t in zip(fpr, tpr))
+    out.append(f'<polyline points="{pts}" fill="none" stroke="{COLORS["synthetic"]}" stroke-width="1.8"/>')
+    for i, (target, value) in enumerate(sorted(tpr_at.items(), key=lambda kv: -float(kv[0]))):
+        tx, ty = x(float(target)), y(value)
+        out.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{top + ph}" stroke="#b45309" '
+                   f'stroke-dasharray="2 2"/><circle cx="{tx:.1f}" cy="{ty:.1f}" r="3.2" fill="#b45309">'
+                   f'<title>TPR at FPR {target}: {100 * value:.1f}%</title></circle>'
+                   f'<text x="{tx + 4:.1f}" y="{top + 12 + 13 * i}" class="val">TPR@{target} = {100 * value:.1f}%</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" class="lg" text-anchor="middle">false-positive rate '
+               f'(non-members called members), log</text>'
+               f'<text x="12" y="{top + ph / 2}" class="lg" text-anchor="middle" transform="rotate(-90 12 '
+               f'{top + ph / 2})">true-positive rate, log</text></svg>')
+    return "".join(out)

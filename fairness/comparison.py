@@ -30,8 +30,8 @@ def _jsonable(obj):
 # --------------------------------------------------------------------------- comparison
 COMPARE_METRICS = (
     "accuracy", "balanced_accuracy", "worst_class", "gap", "bias", "bias_reduction", "utility_ratio",
-    "label_fidelity", "worst_class_fidelity", "tv_distance", "dcr_ratio", "near_copies", "mia_auc",
-    "mia_tpr_at_1pct_fpr", "epsilon",
+    "label_fidelity", "worst_class_fidelity", "tv_distance", "fid", "precision", "recall", "dcr_ratio",
+    "near_copies", "mia_auc", "mia_tpr_at_1pct_fpr", "mia_tpr_at_0.1pct_fpr", "epsilon",
 )
 
 
@@ -44,6 +44,7 @@ def headline_metrics(report: dict) -> dict[str, float]:
     fair = report["fairness"]
     priv = report["privacy"]
     mia = priv.get("membership") or {}
+    dist = report.get("distribution") or {}  # absent from reports made before it
     return {
         "accuracy": num(tstr["accuracy"]),
         "balanced_accuracy": num(tstr["balanced_accuracy"]),
@@ -58,6 +59,11 @@ def headline_metrics(report: dict) -> dict[str, float]:
         "near_copies": num(priv["memorization"]["near_copies"]),
         "mia_auc": num(mia.get("auc")),
         "mia_tpr_at_1pct_fpr": num(mia.get("tpr_at_1pct_fpr")),
+        "mia_tpr_at_0.1pct_fpr": num((mia.get("tpr_at_fpr") or {}).get("0.001")),
+        # FID is comparable between audits in one feature space only (the same real data and judge settings)
+        "fid": num(dist.get("fid")),
+        "precision": num(dist.get("precision")),
+        "recall": num(dist.get("recall")),
         # No guarantee at all is the worst possible epsilon.
         "epsilon": num(priv["epsilon_max"]) if priv["differentially_private"] else float("inf"),
     }

@@ -51,6 +51,10 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "min_distance": "higher",
     "mia_auc": "lower",
     "mia_tpr_at_1pct_fpr": "lower",
+    "mia_tpr_at_0.1pct_fpr": "lower",
+    "fid": "lower",
+    "precision": "higher",
+    "recall": "higher",
     "epsilon": "lower",
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from synthfed.card import STRENGTH_TEXT, guarantee_strength
 from synthfed.privacy.accountant import ADJACENCY, UNIT_OF_PRIVACY
 from synthfed.data import ImageDataset
-from synthfed.fairness.charts import LEVEL_STYLE, _e, _num, _pct, _png, _strip
+from synthfed.fairness.charts import LEVEL_STYLE, _e, _num, _pct, _png, _roc_svg, _strip
 from synthfed.fairness.release import PERSONAL_DATA_BANNER
 
 # The guarantee's badge: its own colour per strength, so that epsilon = 1000
@@ -95,11 +95,29 @@ def _client_table(priv: dict) -> str:
 def _mia_html(mia: dict) -> str:
     if "auc" not in mia:
         return f"<p class=\"small\">Not run: {_e(mia.get('skipped', 'no source model'))}.</p>"
-    return (f"<p class=\"note\">Loss-threshold attack ({mia['num_members']} members vs {mia['num_non_members']} non-members, "
+    text = (f"<p class=\"note\">Loss-threshold attack ({mia['num_members']} members vs {mia['num_non_members']} non-members, "
             f"timesteps {', '.join(str(t) for t in mia['timesteps'])}, {mia['draws']} noise draws each): "
             f"<b>ROC AUC {mia['auc']:.3f}</b> (0.5 = guessing), TPR at 1% FPR <b>{_pct(mia['tpr_at_1pct_fpr'])}</b>, "
             f"mean loss members {mia['member_loss_mean']:.4f} vs non-members {mia['non_member_loss_mean']:.4f}. "
             f"Members: {_e(mia.get('members', ''))}; non-members: {_e(mia.get('non_members', ''))}.</p>")
+    return text + _roc_html(mia)
+
+
+def _roc_html(mia: dict) -> str:
+    """The ROC on log-log axes with the TPR at each stated FPR (reports from before the curve: nothing)."""
+    roc, tpr_at = mia.get("roc"), mia.get("tpr_at_fpr") or {}
+    if not roc:
+        return ""
+    res = float(mia.get("fpr_resolution") or 1.0 / max(int(mia["num_non_members"]), 1))
+    stated = "; ".join(f"TPR at FPR {t}: <b>{100 * v:.1f}%</b>" + (" (read at zero false positives: "
+                                                                     f"{1 / res:.0f} non-members resolve FPR "
+                                                                     f"{res:.1g} at best)" if float(t) < res else "")
+                       for t, v in sorted(tpr_at.items(), key=lambda kv: -float(kv[0])))
+    svg = _roc_svg(roc["fpr"], roc["tpr"], tpr_at=tpr_at, resolution=res)
+    return (f'<div class="row"><div class="panel">{svg}</div><p class="small" style="max-width:420px">ROC of the '
+            f"attack on log-log axes (Carlini et al. 2022: an attack matters by the records it exposes at a low "
+            f"false-positive rate, which a linear plot and the AUC hide). The dashed diagonal is guessing. {stated}."
+            "</p></div>")
 
 
 def _gallery(mem: dict, synthetic: ImageDataset, train: ImageDataset | None) -> str:

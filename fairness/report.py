@@ -35,13 +35,15 @@ from synthfed.fairness.charts import (
     CSS,
 )
 from synthfed.fairness.privacy_report import STRENGTH_STYLE, personal_data_banner, privacy_html
+from synthfed.fairness.report_sections import distribution_html, groups_html, write_section_tables
 
 __all__ = ["render_html", "write_report", "write_tables"]
 
 def _summary_html(report: dict) -> str:
     s = report["summary"]
     cards = []
-    for key, title in (("utility", "Utility"), ("fairness", "Fairness across classes"), ("privacy", "Privacy")):
+    fair_title = "Fairness across classes" + (" and groups" if (report.get("groups") or {}).get("tables") else "")
+    for key, title in (("utility", "Utility"), ("fairness", fair_title), ("privacy", "Privacy")):
         bg, fg, word = LEVEL_STYLE[s[key]["level"]]
         cards.append(f'<div class="card" style="background:{bg};border-color:{fg}33"><h3 style="color:{fg}">{title}'
                      f'<span class="badge" style="background:{fg}">{word}</span></h3>{_e(s[key]["text"])}</div>')
@@ -183,7 +185,8 @@ def _comparison_html(report: dict) -> str:
         return ""
     cols = [c for c in comp["columns"] if c != "direction"]
     pct_rows = {"accuracy", "balanced_accuracy", "worst_class", "gap", "bias_reduction", "utility_ratio",
-                "label_fidelity", "worst_class_fidelity", "mia_tpr_at_1pct_fpr"}
+                "label_fidelity", "worst_class_fidelity", "mia_tpr_at_1pct_fpr", "mia_tpr_at_0.1pct_fpr",
+                "precision", "recall"}
     body = []
     for r in comp["table"]:
         m = r["metric"]
@@ -220,6 +223,9 @@ def _definitions_html() -> str:
 <dt>Total variation (TV)</dt><dd>½ Σ|p<sub>k</sub> − q<sub>k</sub>| between two class histograms (0 = same proportions).</dd>
 <dt>DCR, DCR ratio, near copies</dt><dd>Distance from a synthetic image to its closest real record; median to training over median to unseen hold-out (equal-size sets); images within a few grey levels of a training image.</dd>
 <dt>Membership inference AUC</dt><dd>How well "low denoising loss ⇒ training image" separates training from unseen images (0.5 = no better than guessing).</dd>
+<dt>TPR at FPR, log-log ROC</dt><dd>Share of training images the attack exposes while wrongly accusing that share of outsiders; the ROC on log axes shows the low-FPR regime, where a few records are confidently exposed.</dd>
+<dt>FID, precision, recall</dt><dd>Fréchet distance between feature statistics of synthetic and real test images (0 = same); share of synthetic images within the k-NN balls of real ones, and of real images within those of synthetic ones (Kynkäänniemi et al. 2019). The feature space is named: InceptionV3, or the judge's features (comparable only within audits of the same real data).</dd>
+<dt>Group difference, ratio</dt><dd>Best minus worst group accuracy; worst over best (Fairlearn MetricFrame), per site and per attribute column.</dd>
 </dl></div>"""
 
 
@@ -251,7 +257,9 @@ def render_html(report: dict, *, synthetic: ImageDataset, train: ImageDataset | 
 {notes_html}
 {_comparison_html(report)}
 {_metrics_table(report)}
+{distribution_html(report)}
 {_fairness_html(report)}
+{groups_html(report)}
 {_samples_html(synthetic)}
 {privacy_html(report, synthetic, train)}
 <div class="panel" style="margin-top:14px">{_selection_table(report)}</div>
@@ -272,7 +280,8 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def write_tables(report: dict, out_dir: Path) -> list[Path]:
-    """per_class.csv, classifiers.csv, selection.csv, confusion.csv, closest_pairs.csv (+ privacy_clients.csv, comparison.csv)."""
+    """per_class.csv, classifiers.csv, selection.csv, confusion.csv, closest_pairs.csv (+ privacy_clients.csv,
+    distribution.csv, groups.csv, mia_roc.csv, comparison.csv when the report has their data)."""
     names = report["dataset"]["class_names"]
     fair = report["fairness"]
     models = [report["utility"]["tstr"], *report["utility"]["baselines"]]
@@ -312,6 +321,7 @@ def write_tables(report: dict, out_dir: Path) -> list[Path]:
         keys = list(clients[0])
         _write_csv(out_dir / "privacy_clients.csv", keys, [[r.get(k) for k in keys] for r in clients])
         written.append(out_dir / "privacy_clients.csv")
+    written += write_section_tables(report, out_dir, _write_csv)
     comp = report.get("comparison")
     if comp:
         cols = ["metric", *comp["columns"]]

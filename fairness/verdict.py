@@ -1,5 +1,8 @@
 """The audit's verdicts in words: utility, fairness and privacy, each marked
-ok / warning / alert, written from the measured report (never typed in)."""
+ok / warning / alert, written from the measured report (never typed in).
+
+The report page shows the levels as OK / CHECK / ALERT; ``synthfed audit
+--fail-on check|alert`` gates on them (:func:`overall_level`, :func:`fails`)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import math
 import numpy as np
 
 from synthfed.card import MODERATE_MAX_EPSILON
+from synthfed.fairness.groups import group_verdict
 
 
 def _pct(x: float | None) -> str:
@@ -15,10 +19,26 @@ def _pct(x: float | None) -> str:
 
 
 LEVELS = ("ok", "warning", "alert")
+# --fail-on's words (as the page shows the levels) -> the lowest level that fails.
+FAIL_ON = {"check": "warning", "warning": "warning", "alert": "alert"}
 
 
 def _worst(*levels: str) -> str:
     return max(levels, key=LEVELS.index)
+
+
+def overall_level(report: dict) -> str:
+    """The worst of the report's utility, fairness and privacy levels."""
+    return _worst(*(report["summary"][key]["level"] for key in ("utility", "fairness", "privacy")))
+
+
+def fails(report: dict, fail_on: str | None) -> bool:
+    """Whether the report's verdict reaches ``fail_on`` ("check" = warning or worse, "alert"; None never fails)."""
+    if fail_on is None:
+        return False
+    if fail_on not in FAIL_ON:
+        raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {fail_on!r}")
+    return LEVELS.index(overall_level(report)) >= LEVELS.index(FAIL_ON[fail_on])
 
 
 def _summaries(report: dict) -> dict:
@@ -62,6 +82,10 @@ def _summaries(report: dict) -> dict:
     level = "ok"
     if tstr["gap"] > 0.3 or low:
         level = "warning"
+    group_text, group_level = group_verdict(report.get("groups"))  # sites, attribute columns
+    if group_text:
+        text += " " + group_text
+    level = _worst(level, group_level)
     if tstr["worst_class"] < 0.1:
         level = "alert"
     fairness = {"level": level, "text": text}

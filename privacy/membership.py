@@ -7,7 +7,10 @@ fair comparison every image is scored with the same timesteps and seeded
 noise draws, and the loss is averaged over them. The attack's quality is
 summarised by the ROC AUC (0.5 = chance; DP bounds how far above 0.5 any attack
 can get) and by the true-positive rate at a 1 % false-positive rate, which is
-what matters for a few confidently exposed records.
+what matters for a few confidently exposed records. The ROC curve itself
+(``roc_points``) is kept in the result, for the report's log-log chart (Carlini
+et al. 2022, "Membership inference attacks from first principles": read an
+attack at low FPR, on log axes), with the TPR at FPR 1e-2 and 1e-3 stated.
 """
 
 from __future__ import annotations
@@ -19,11 +22,48 @@ from torch import nn
 from synthfed.data import ImageDataset
 from synthfed.diffusion import NoiseSchedule, rows_loss
 
-__all__ = ["DEFAULT_TIMESTEP_FRACTIONS", "loss_threshold_mia", "per_example_losses"]
+__all__ = ["DEFAULT_TIMESTEP_FRACTIONS", "ROC_FPR_TARGETS", "loss_threshold_mia", "per_example_losses", "roc_points",
+           "tpr_at_fpr"]
 
 # Low-to-mid noise levels: where a denoiser's loss separates seen from unseen
 # images most (at large t the input is nearly pure noise for every image).
 DEFAULT_TIMESTEP_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.3)
+# The false-positive rates at which the report states the attack's TPR.
+ROC_FPR_TARGETS = (1e-2, 1e-3)
+
+
+def roc_points(member_scores, non_member_scores, *, drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC of the attack "member if score ≥ threshold": ``(fpr, tpr, thresholds)``.
+
+    One point per distinct score (highest first), preceded by (0, 0) at
+    threshold +inf, as ``sklearn.metrics.roc_curve``; ``drop_intermediate``
+    removes the points that lie on a straight line between their neighbours
+    (the same rule as scikit-learn, so the corners of the curve stay).
+    """
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(non_member_scores, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("an ROC needs member and non-member scores")
+    scores = np.concatenate([pos, neg])
+    is_member = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, is_member = scores[order], is_member[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # the last index of each distinct score
+    tps = np.cumsum(is_member)[last]
+    fps = (last + 1) - tps
+    if drop_intermediate and tps.size > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        tps, fps, last = tps[keep], fps[keep], last[keep]
+    fpr = np.r_[0.0, fps / neg.size]
+    tpr = np.r_[0.0, tps / pos.size]
+    return fpr, tpr, np.r_[np.inf, scores[last]]
+
+
+def tpr_at_fpr(fpr, tpr, target: float) -> float:
+    """The highest TPR among ROC points with FPR ≤ ``target`` (0 when none)."""
+    fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+    ok = fpr <= target
+    return float(tpr[ok].max()) if ok.any() else 0.0
 
 
 def _default_timesteps(schedule: NoiseSchedule) -> tuple[int, ...]:
@@ -86,7 +126,7 @@ def loss_threshold_mia(
     max_examples: int = 1000,
     batch_size: int = 256,
 ) -> dict:
-    """ROC AUC and TPR at 1 % FPR of the attack "member if loss is low".
+    """ROC AUC, TPR at 1 % (and 0.1 %) FPR and the ROC curve of the attack "member if loss is low".
 
     ``members``: images the model was trained on; ``non_members``: real images
     it never saw (a hold-out). Both are subsampled (seeded) to at most
@@ -115,11 +155,16 @@ def loss_threshold_mia(
     auc = float(roc_auc_score(is_member, score))
     fpr, tpr, _ = roc_curve(is_member, score)
     tpr_at_1 = float(tpr[fpr <= 0.01].max()) if np.any(fpr <= 0.01) else 0.0
+    roc_fpr, roc_tpr, _ = roc_points(score[: len(loss_in)], score[len(loss_in):])
     return {
         "attack": "loss threshold (lower denoising loss => member)",
         "auc": auc,
         "tpr_at_1pct_fpr": tpr_at_1,
         "advantage": float(np.max(tpr - fpr)),
+        # TPR at FPR ≤ each target; a target below 1/num_non_members is read at zero false positives
+        "tpr_at_fpr": {f"{t:g}": tpr_at_fpr(roc_fpr, roc_tpr, t) for t in ROC_FPR_TARGETS},
+        "fpr_resolution": 1.0 / len(loss_out),
+        "roc": {"fpr": roc_fpr.tolist(), "tpr": roc_tpr.tolist()},
         "num_members": int(len(loss_in)),
         "num_non_members": int(len(loss_out)),
         "member_loss_mean": float(loss_in.mean()),

@@ -23,10 +23,10 @@ from synthfed.data import load_source
 from synthfed.evaluate.cache import EvalCache
 from synthfed.evaluate.fid import ClassifierFeatures, FeatureStats, fid_between
 from synthfed.evaluate.scores import label_agreement
-from synthfed.generate import generate_dataset, load_generated, load_generator
+from synthfed.generation import generate_dataset, load_generated, load_generator
 from synthfed.io import write_json_atomic
 from synthfed.progress import Message, Progress, null_progress
-from synthfed.train import train
+from synthfed.training import train
 from synthfed.errors import UsageError
 
 COMPARABLE = ("centralized", "local", "fedavg", "fedper", "fedrep", "pfdm")

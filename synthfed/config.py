@@ -46,6 +46,14 @@ def check_device(name: str) -> str:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything a training run is: data and split, strategy, optimisation,
+    model, privacy plan, execution. Build it, call ``validate()`` (it returns
+    the config, or raises ``ConfigError`` naming the option), and hand it to
+    ``synthfed.train``. The command line's option for each field is listed in
+    ``synthfed.settings`` (``--clients`` sets ``num_clients``, ``--timesteps``
+    ``num_train_timesteps``; the others are the field's name). ``epsilon``
+    None means the run is not differentially private."""
+
     # data
     data: str = "digits"
     image_size: int | None = None  # None: the dataset's own size

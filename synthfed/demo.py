@@ -26,9 +26,9 @@ from synthfed.cli.render import RichProgress
 from synthfed.config import TrainConfig
 from synthfed.errors import UsageError
 from synthfed.fairness.audit import run_audit
-from synthfed.generate import generate_dataset, load_generator
+from synthfed.generation import generate_dataset, load_generator
 from synthfed.recipes import DP_RECIPE
-from synthfed.train import train
+from synthfed.training import train
 
 
 MARKER = ".synthfed-demo"

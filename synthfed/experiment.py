@@ -4,7 +4,7 @@ Each cell is one training run, one sampled dataset and one set of metrics::
 
     <out>/experiment.toml             the config as given (``table`` re-reads it)
     <out>/data/                       stratified subsets as idx files (when the config asks)
-    <out>/cells/<cell id>/run/        synthfed.train.train(...) (checkpoints every round)
+    <out>/cells/<cell id>/run/        synthfed.training.train(...) (checkpoints every round)
     <out>/cells/<cell id>/samples/    generate_dataset(...) (written as samples.partial, then renamed)
     <out>/cells/<cell id>/result.json metrics and timings: written atomically, LAST
     <out>/results.csv                 one row per finished cell
@@ -242,7 +242,7 @@ def _training_done(run_dir: Path, rounds: int) -> bool:
 def _generate(cell: Cell, run_dir: Path, samples_dir: Path, config: ExperimentConfig, progress: Progress) -> None:
     """Sample into ``samples.partial`` and rename: a samples/ folder is always complete."""
     from synthfed.federated.simulation import resolve_device
-    from synthfed.generate import generate_dataset, load_generator
+    from synthfed.generation import generate_dataset, load_generator
 
     partial = samples_dir.with_name(samples_dir.name + ".partial")
     if partial.exists():
@@ -271,7 +271,7 @@ def _generate(cell: Cell, run_dir: Path, samples_dir: Path, config: ExperimentCo
 
 def _load_samples(samples_dir: Path):
     from synthfed.data import concat
-    from synthfed.generate import load_generated
+    from synthfed.generation import load_generated
 
     if (samples_dir / "manifest.csv").is_file():
         return load_generated(samples_dir)[0]
@@ -281,7 +281,7 @@ def _load_samples(samples_dir: Path):
 
 def run_cell(cell: Cell, cell_dir: Path, config: ExperimentConfig, data: PreparedData, judge: Judge, *,
              progress: Progress = null_progress) -> dict:
-    from synthfed.train import train
+    from synthfed.training import train
 
     run_dir, samples_dir = cell_dir / "run", cell_dir / "samples"
     cfg = cell.config.replace(data=data.spec)

@@ -15,7 +15,7 @@ from pathlib import Path
 from synthfed.config import TrainConfig
 from synthfed.errors import UsageError
 from synthfed.progress import Progress, null_progress
-from synthfed.train import train
+from synthfed.training import train
 
 PRETRAINED_FILE = "pretrained.json"
 

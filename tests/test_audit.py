@@ -1,6 +1,7 @@
 """The audit end to end on a tiny trained run: report files, selection hygiene, planted copies, CLI errors."""
 
 import csv
+import html
 import json
 import re
 import shutil
@@ -50,7 +51,7 @@ def test_cli_audit_with_compare_writes_a_self_contained_report(generated, tmp_pa
     shutil.copytree(ds, other)
     out = tmp_path / "report"
     # Execute
-    result = runner.invoke(app, ["audit", str(ds), "--real", "digits", "--out", str(out), "--compare", str(other),
+    result = runner.invoke(app, ["audit", str(ds), "--data", "digits", "--out", str(out), "--compare", str(other),
                                  "--classifiers", "logreg", "--judge-epochs", "1"])
     # Assert
     assert result.exit_code == 0, result.output
@@ -179,11 +180,11 @@ def test_audit_flags_a_training_image_planted_in_the_synthetic_set(generated, tm
 @pytest.mark.parametrize(
     "args,needle,code",
     [  # 2: a bad option value; 1: a path that is not what it should be (data error)
-        (["audit", "/nonexistent", "--real", "digits", "--out", "/tmp/x"], "not a directory", 1),
-        (["audit", "DS", "--real", "nonsense", "--out", "OUT"], "unknown data source", 2),
-        (["audit", "DS", "--real", "digits", "--out", "OUT", "--classifiers", "svm"], "--classifiers", 2),
-        (["audit", "DS", "--real", "digits", "--out", "OUT", "--run", "/nonexistent"], "not a synthfed run", 1),
-        (["audit", "DS", "--real", "digits", "--out", "OUT", "--reference", "x"], "--reference", 2),
+        (["audit", "/nonexistent", "--data", "digits", "--out", "/tmp/x"], "not a directory", 1),
+        (["audit", "DS", "--data", "nonsense", "--out", "OUT"], "unknown data source", 2),
+        (["audit", "DS", "--data", "digits", "--out", "OUT", "--classifiers", "svm"], "--classifiers", 2),
+        (["audit", "DS", "--data", "digits", "--out", "OUT", "--run", "/nonexistent"], "not a synthfed run", 1),
+        (["audit", "DS", "--data", "digits", "--out", "OUT", "--reference", "x"], "--reference", 2),
     ],
 )
 def test_bad_audit_input_exits_with_one_clear_line(generated, tmp_path, args, needle, code):
@@ -196,3 +197,65 @@ def test_bad_audit_input_exits_with_one_clear_line(generated, tmp_path, args, ne
     assert result.exit_code == code, result.output
     assert needle in result.output
     assert result.output.count("error:") == 1
+
+
+def _digits_csv(root, name="digits-attrs"):
+    """The digits splits as PNG + CSV (the same data as the run's ``digits``) with two attribute
+    columns: ``sex`` (f/m, some cells empty) and ``row`` (an id: no grouping)."""
+    from synthfed.data import load_digits
+
+    for split, data in ((name, load_digits(split="train")), (f"{name}_test", load_digits(split="test"))):
+        (root / split).mkdir(parents=True)
+        lines = ["path,label,sex,row"]
+        for i, (img, y) in enumerate(zip(data.images, data.labels)):
+            Image.fromarray(img[0]).save(root / split / f"{i}.png")
+            lines.append(f"{split}/{i}.png,{int(y)},{'' if i % 7 == 0 else 'fm'[i % 2]},{i}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root / f"{name}.csv"
+
+
+def test_audit_reports_fid_groups_and_the_attack_roc_and_fails_on_check(generated, tmp_path):
+    # Prepare: the training data as a csv: source with attribute columns
+    run, ds = generated
+    spec = f"csv:{_digits_csv(tmp_path)}"
+    out = tmp_path / "report"
+    # Execute: --fail-on check, on a model that is not DP (privacy is CHECK at least)
+    result = runner.invoke(app, ["audit", str(ds), "--data", spec, "--out", str(out), "--classifiers", "logreg",
+                                 "--judge-epochs", "1", "--fail-on", "check"])
+    # Assert: the verdict is the exit code, and the report is written all the same
+    assert result.exit_code == 3, result.output
+    assert "--fail-on check" in result.output and "error:" not in result.output
+    report = _strict_json(out / "report.json")
+    assert report["real"]["matches_training_data"] is True
+    dist = report["distribution"]
+    assert dist["feature_space"] in ("classifier", "inception") and dist["reference"] == "real test split"
+    if dist["feature_space"] == "classifier":
+        assert dist["label"].startswith("classifier-feature FID (SmallCNN") and dist["max_images"] == 2000
+    assert dist["fid"] >= 0 and 0 <= dist["precision"] <= 1 and 0 <= dist["recall"] <= 1
+    assert (dist["num_synthetic"], dist["num_real"]) == (60, report["real"]["test_size"])
+    assert [r["class"] for r in dist["per_class"]] == [str(d) for d in range(10)]
+    groups = report["groups"]
+    assert [t["kind"] for t in groups["tables"]] == ["site", "attribute"]
+    site, sex = groups["tables"]
+    rows = site["by_classifier"]["synthetic"]["groups"]
+    assert [g["group"] for g in rows] == ["client_0", "client_1"]
+    assert sum(g["count"] for g in rows) == report["real"]["train_size"]  # every record of every site (< cap)
+    assert sex["feature"] == "sex" and set(sex["by_classifier"]) == {"synthetic", "real_pooled"}
+    sex_rows = sex["by_classifier"]["synthetic"]["groups"]
+    assert [g["group"] for g in sex_rows] == ["(missing)", "f", "m"]
+    assert sum(g["count"] for g in sex_rows) == report["real"]["test_size"]
+    for summary in sex["by_classifier"].values():
+        acc = [g["accuracy"] for g in summary["groups"]]
+        assert summary["difference"] == pytest.approx(max(acc) - min(acc))
+    assert any("'row'" in s for s in groups["skipped"])
+    mia = report["privacy"]["membership"]
+    assert set(mia["tpr_at_fpr"]) == {"0.01", "0.001"} and mia["fpr_resolution"] == 1 / mia["num_non_members"]
+    assert mia["roc"]["fpr"][0] == 0.0 and mia["roc"]["fpr"][-1] == 1.0 and mia["roc"]["tpr"][-1] == 1.0
+    assert mia["tpr_at_fpr"]["0.01"] == mia["tpr_at_1pct_fpr"]
+    for name in ["distribution.csv", "groups.csv", "mia_roc.csv"]:
+        assert (out / name).is_file(), name
+    assert len(list(csv.DictReader(open(out / "mia_roc.csv")))) == len(mia["roc"]["fpr"])
+    page = (out / "report.html").read_text()
+    for needle in ["Distribution fidelity", html.escape(dist["label"]), "Fairness across sites and attribute groups",
+                   "Per attribute 'sex'", "membership attack ROC, log-log", "TPR at FPR 0.001"]:
+        assert needle in page, needle

@@ -1,4 +1,4 @@
-"""``run_audit`` checks its inputs before the long work: --real must be the data the
+"""``run_audit`` checks its inputs before the long work: --data must be the data the
 run was trained on, --out must be writable, and a failed audit leaves nothing half-written.
 
 One tiny run (digits 8x8, 2 clients, 1 round) and 6 images per class sampled
@@ -17,8 +17,8 @@ import synthfed.fairness.audit as audit_mod
 from synthfed.config import TrainConfig
 from synthfed.data import load_digits
 from synthfed.errors import DataNote, InputError, UsageError
-from synthfed.generate import generate_dataset, load_generator
-from synthfed.train import train
+from synthfed.generation import generate_dataset, load_generator
+from synthfed.training import train
 
 FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia=False)
 CONFIG = TrainConfig(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20,
@@ -65,12 +65,12 @@ def _no_long_work(monkeypatch):
 
 def test_real_that_is_not_the_training_data_is_refused_before_the_long_work(generated, other_digits, tmp_path,
                                                                              monkeypatch):
-    # Prepare: --real is another CSV dataset with the same class names; selection is a tripwire
+    # Prepare: --data is another CSV dataset with the same class names; selection is a tripwire
     run, ds = generated
     _no_long_work(monkeypatch)
     out = tmp_path / "report"
     # Execute / Assert: one usage error naming both data sources and the override
-    with pytest.raises(UsageError, match=rf"--real csv:{other_digits} is not the data .*run was trained on "
+    with pytest.raises(UsageError, match=rf"--data csv:{other_digits} is not the data .*run was trained on "
                                          r"\(digits\); pass the training data, or --real-mismatch-ok") as err:
         audit_mod.run_audit(ds, real=f"csv:{other_digits}", out_dir=out, **FAST)
     assert "\n" not in str(err.value)
@@ -88,7 +88,7 @@ def test_mismatch_allowed_explicitly_stamps_the_report(generated, other_digits, 
                                      allow_real_mismatch=True, **FAST)
     # Assert: the field, the first note, the utility headline and the HTML banner all say it
     saved = json.loads((out / "report.json").read_text())
-    assert saved["real_data_warning"].startswith("AUDITED AGAINST OTHER DATA: --real csv:other.csv is not the data")
+    assert saved["real_data_warning"].startswith("AUDITED AGAINST OTHER DATA: --data csv:other.csv is not the data")
     assert saved["real"]["matches_training_data"] is False
     assert saved["notes"][0] == saved["real_data_warning"]
     assert saved["summary"]["utility"]["text"].startswith("AUDITED AGAINST OTHER DATA")
@@ -96,7 +96,7 @@ def test_mismatch_allowed_explicitly_stamps_the_report(generated, other_digits, 
     assert "Do not read this report as the audit of the training data" in (out / "report.html").read_text()
     assert report["run"] == run.name  # the baselines still come from the run's own clients
     assert [b["kind"] for b in report["utility"]["baselines"]] == ["real_pooled", "real_client", "real_client"]
-    assert not any("resized" in str(n.message) for n in notes)  # --real is 8x8 already: nothing resized
+    assert not any("resized" in str(n.message) for n in notes)  # --data is 8x8 already: nothing resized
 
 
 def test_same_data_under_another_spec_is_accepted_and_resizing_is_noted(generated, tmp_path):
@@ -104,9 +104,9 @@ def test_same_data_under_another_spec_is_accepted_and_resizing_is_noted(generate
     run, ds = generated
     copy = _export_csv(tmp_path, "digits-copy", load_digits(split="train"), load_digits(split="test"))
     # Execute
-    with pytest.warns(DataNote, match=r"--real resized from 16x16 to 8x8 to match the synthetic images"):
+    with pytest.warns(DataNote, match=r"--data resized from 16x16 to 8x8 to match the synthetic images"):
         report = audit_mod.run_audit(ds, real=f"csv:{copy}", out_dir=None, run_dir=run, **FAST)
-    # Assert: rebuilding the run's split from --real reproduced run.json's client fingerprints
+    # Assert: rebuilding the run's split from --data reproduced run.json's client fingerprints
     assert report["real"]["matches_training_data"] is True and report["real_data_warning"] is None
     assert report["real"]["resized_from"] == [16, 16]
 
@@ -121,7 +121,7 @@ def test_changed_training_files_are_refused(generated, tmp_path, monkeypatch):
     (changed / "run.json").write_text(json.dumps(info))
     _no_long_work(monkeypatch)
     # Execute / Assert
-    with pytest.raises(UsageError, match=r"--real digits is not the data .*changed-run was trained on: its files "
+    with pytest.raises(UsageError, match=r"--data digits is not the data .*changed-run was trained on: its files "
                                          r"changed since training"):
         audit_mod.run_audit(ds, real="digits", out_dir=None, run_dir=changed, **FAST)
 
@@ -170,7 +170,7 @@ def _save_pngs(ds, folder: Path, indices) -> None:
 
 
 def test_client_folder_run_accepts_a_real_that_holds_every_client_image(tmp_path, monkeypatch):
-    # Prepare: a per-client folder run (2 sites of 8x8 digits); --real candidates: the pooled sites, other digits
+    # Prepare: a per-client folder run (2 sites of 8x8 digits); --data candidates: the pooled sites, other digits
     train_ds, test_ds = load_digits(split="train", size=8), load_digits(split="test", size=8)
     _save_pngs(train_ds, tmp_path / "sites" / "a", range(0, 150))
     _save_pngs(train_ds, tmp_path / "sites" / "b", range(150, 300))
@@ -186,5 +186,5 @@ def test_client_folder_run_accepts_a_real_that_holds_every_client_image(tmp_path
     report = audit_mod.run_audit(tmp_path / "ds", real=f"folder:{tmp_path / 'pooled'}", out_dir=None, **FAST)
     assert report["real"]["matches_training_data"] is True
     _no_long_work(monkeypatch)
-    with pytest.raises(UsageError, match=r"--real folder:.*other is not the data .*run was trained on \(.*sites\)"):
+    with pytest.raises(UsageError, match=r"--data folder:.*other is not the data .*run was trained on \(.*sites\)"):
         audit_mod.run_audit(tmp_path / "ds", real=f"folder:{tmp_path / 'other'}", out_dir=None, **FAST)

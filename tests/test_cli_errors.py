@@ -93,7 +93,7 @@ def test_a_full_or_read_only_disk_exits_1_naming_the_file(monkeypatch, tmp_path,
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code), target)
 
-    monkeypatch.setattr("synthfed.train.train", refuse)
+    monkeypatch.setattr("synthfed.training.train", refuse)
     # Execute
     result = runner.invoke(app, ["train", *TINY, "--out", str(tmp_path / "run")])
     # Assert
@@ -105,7 +105,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("synthfed.train.train", interrupted)
+    monkeypatch.setattr("synthfed.training.train", interrupted)
     # Execute
     result = runner.invoke(app, ["train", *TINY, "--out", str(tmp_path / "run")])
     # Assert
@@ -128,9 +128,9 @@ def test_a_damaged_weights_or_json_file_is_named(monkeypatch, tmp_path):
         return json.loads(state.read_text())
 
     # Execute
-    monkeypatch.setattr("synthfed.generate.load_generator", read_weights)
+    monkeypatch.setattr("synthfed.generation.load_generator", read_weights)
     bad_weights = runner.invoke(app, ["generate", str(tmp_path), "--out", str(tmp_path / "g")])
-    monkeypatch.setattr("synthfed.generate.load_generator", read_state)
+    monkeypatch.setattr("synthfed.generation.load_generator", read_state)
     bad_json = runner.invoke(app, ["generate", str(tmp_path), "--out", str(tmp_path / "g")])
     # Assert
     assert_one_error_line(bad_weights, 1, str(weights), "not a safetensors file")
@@ -139,15 +139,15 @@ def test_a_damaged_weights_or_json_file_is_named(monkeypatch, tmp_path):
 
 def test_a_data_note_is_one_note_line(monkeypatch):
     # Prepare: the loader tells what it changed in the user's data
-    import synthfed.train
+    import synthfed.training
 
-    load = synthfed.train.load_federated_data
+    load = synthfed.training.load_federated_data
 
     def noting(config):
         warnings.warn("3 images were converted from RGBA to L", DataNote)
         return load(config)
 
-    monkeypatch.setattr(synthfed.train, "load_federated_data", noting)
+    monkeypatch.setattr(synthfed.training, "load_federated_data", noting)
     # Execute
     result = runner.invoke(app, ["partition", "--clients", "2"])
     # Assert

@@ -14,8 +14,8 @@ from PIL import Image
 from synthfed import dataset_folder
 from synthfed.config import TrainConfig
 from synthfed.dataset_folder import class_folder, load_generated
-from synthfed.generate import generate_dataset, load_generator
-from synthfed.train import train
+from synthfed.generation import generate_dataset, load_generator
+from synthfed.training import train
 
 PER_CLASS = 2
 

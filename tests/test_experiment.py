@@ -6,7 +6,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-import synthfed.train
+import synthfed.training
 from synthfed.experiment import RESULT_FILE, expand_grid, load_experiment, parse_experiment, run_experiment
 from synthfed.experiment_config import ExperimentConfigError
 from synthfed.progress import RecordingProgress
@@ -47,12 +47,12 @@ def write_config(tmp_path, text=TINY, name="exp.toml", **fmt):
 
 
 class CountingTrain:
-    """Wraps synthfed.train.train and records the run directories it trained."""
+    """Wraps synthfed.training.train and records the run directories it trained."""
 
     def __init__(self, monkeypatch):
-        self.real = synthfed.train.train
+        self.real = synthfed.training.train
         self.calls = []
-        monkeypatch.setattr(synthfed.train, "train", self)
+        monkeypatch.setattr(synthfed.training, "train", self)
 
     def __call__(self, config, run_dir, **kwargs):
         self.calls.append((str(run_dir), kwargs.get("resume")))
@@ -148,7 +148,7 @@ def test_a_partly_trained_cell_resumes_training_from_its_last_round(tmp_path, mo
     from synthfed.experiment import prepare_data
 
     data = prepare_data(config.data, out)
-    synthfed.train.train(cell.config.replace(data=data.spec), out / "cells" / cell.id / "run", stop_after_round=1)
+    synthfed.training.train(cell.config.replace(data=data.spec), out / "cells" / cell.id / "run", stop_after_round=1)
     trained = CountingTrain(monkeypatch)
     progress = RecordingProgress()
     # Execute

@@ -22,10 +22,10 @@ from synthfed.cli.app import app, register_subcommands
 from synthfed.config import TrainConfig
 from synthfed.diffusion import NoiseSchedule
 from synthfed.errors import UsageError
-from synthfed.export import CARD_FILE, PFDM_REFUSED, export_pipeline
-from synthfed.generate import generate_dataset, load_generated, load_generator
+from synthfed.pipeline_folder import CARD_FILE, PFDM_REFUSED, export_pipeline
+from synthfed.generation import generate_dataset, load_generated, load_generator
 from synthfed.pipeline import ClassConditionalPipeline
-from synthfed.train import train
+from synthfed.training import train
 
 register_subcommands()
 runner = CliRunner()
@@ -236,7 +236,7 @@ def test_a_pfdm_run_is_refused_with_one_line_and_nothing_written(runs, tmp_path)
 
 def test_a_failed_export_leaves_nothing_behind(runs, tmp_path, monkeypatch):
     # Prepare: the card fails after the weights were written
-    import synthfed.export as export_mod
+    import synthfed.pipeline_folder as export_mod
 
     def broken(gen):
         raise RuntimeError("disk gremlin")

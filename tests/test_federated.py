@@ -16,7 +16,7 @@ from shared_keys import copy_simulation_keys
 from synthfed.config import TrainConfig
 from synthfed.federated.fedavg import FedAvg
 from synthfed.federated.strategy import FitResult, weighted_average
-from synthfed.train import train
+from synthfed.training import train
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=3, alpha=1.0, batch_size=64,
             num_train_timesteps=50, ema_decay=0.9)

@@ -25,7 +25,7 @@ from synthfed.flower.client_app import app as client_app  # noqa: E402
 from synthfed.flower.node import NodeError, NodeStore, NodeTrainer, node_dataset  # noqa: E402
 from synthfed.flower.run_config import FlowerOptions, from_run_config, to_run_config  # noqa: E402
 from synthfed.flower.server import FlowerServer, RoundFailed  # noqa: E402
-from synthfed.train import train  # noqa: E402
+from synthfed.training import train  # noqa: E402
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20, batch_size=64,
             rounds=2, seed=3)
@@ -152,7 +152,7 @@ def test_too_few_replies_stop_the_run_and_resume_neither_spends_twice_nor_forget
 
 def test_ledgers_published_by_the_nodes_make_the_run_dp_and_a_forgetful_ledger_is_refused(tmp_path):
     from synthfed.flower.ledgers import collect_ledgers
-    from synthfed.generate import load_generator
+    from synthfed.generation import load_generator
 
     config = TrainConfig(**{**TINY, "rounds": 1}, strategy="fedavg", epsilon=8.0).validate()
     _flower(tmp_path, config)

@@ -23,7 +23,7 @@ from synthfed.config import TrainConfig  # noqa: E402
 from synthfed.flower.deploy import Deployment, process_tree, write_app  # noqa: E402
 from synthfed.flower.run_config import FlowerOptions, to_run_config  # noqa: E402
 from shared_keys import give_nodes_simulation_keys  # noqa: E402
-from synthfed.train import train  # noqa: E402
+from synthfed.training import train  # noqa: E402
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20, batch_size=64,
             seed=3, epsilon=8.0, device="cpu")

@@ -16,11 +16,11 @@ from synthfed.federated.client import LocalTraining, client_update
 from synthfed.federated.pfdm import pfdm_sample
 from synthfed.federated.split import HEAD_PRESETS, SplitError, split_parameters
 from synthfed.federated.strategy import FitResult
-from synthfed.generate import generate_dataset, load_generator
+from synthfed.generation import generate_dataset, load_generator
 from synthfed.model import ModelSpec, build_unet
 from synthfed.privacy.calibration import analytic_gaussian_epsilon
 from synthfed.privacy.forward_noise import choose_t0, clip_images, randomized_response, upload_noise_multiplier
-from synthfed.train import train
+from synthfed.training import train
 
 SPEC = ModelSpec(preset="tiny", image_size=8, channels=1, num_classes=3, class_names=("a", "b", "c"))
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, alpha=1.0, batch_size=64, num_train_timesteps=1000,
@@ -168,7 +168,7 @@ def test_pfdm_end_to_end_ledger_generation_and_honest_status(tmp_path):
     assert gen.privacy["differentially_private"] is False  # the local denoiser saw raw data
     assert "NOT differentially private" in gen.privacy["statement"]
     out = generate_dataset(gen, tmp_path / "g", per_class=1, num_steps=4, allow_non_private=True)
-    assert len(list((out / "images").iterdir())) == 10
+    assert len(list((out / "images").glob("*.png"))) == 10  # beside them: metadata.csv (Hugging Face imagefolder)
 
 
 def test_pfdm_with_local_dp_sgd_is_dp_and_resumes_with_the_same_ledger(tmp_path):

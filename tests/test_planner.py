@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from synthfed.cli.app import app, register_subcommands
 from synthfed.config import TrainConfig
 from synthfed.privacy.planner import plan_dp_sgd
-from synthfed.train import load_federated_data, train
+from synthfed.training import load_federated_data, train
 
 PLAN = dict(data="digits", image_size=8, preset="tiny", num_clients=3, num_train_timesteps=20, batch_size=32,
             rounds=2, seed=5, max_client_size=150, strategy="fedrep", head_epochs=2, epsilon=6.0)

@@ -19,7 +19,7 @@ from synthfed.flower.node import NodeError, NodeStore, NodeTrainer, describe, no
 from synthfed.privacy.forward_noise import clip_images
 from synthfed.privacy.noise_keys import NODE_KEY_FILE, NoiseKey, simulation_keys_path
 from synthfed.privacy.training import PrivateTraining
-from synthfed.train import load_federated_data, train
+from synthfed.training import load_federated_data, train
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20, batch_size=64,
             rounds=1, seed=3)
@@ -117,7 +117,7 @@ def _files_holding(root: Path, needles: list[bytes], *, skip: Path | None = None
 
 def test_no_key_bytes_outside_the_private_state_and_the_key_file_is_owner_only(tmp_path):
     # Prepare: a DP run, a dataset generated from it
-    from synthfed.generate import generate_dataset, load_generator
+    from synthfed.generation import generate_dataset, load_generator
     from synthfed.privacy.noise_keys import load_or_create_simulation_keys
 
     config = TrainConfig(**TINY, epsilon=8.0).validate()
@@ -253,7 +253,7 @@ def test_every_printed_epsilon_is_an_independent_replace_one_recomputation(tmp_p
     from typer.testing import CliRunner
 
     from synthfed.cli.app import app, register_subcommands
-    from synthfed.generate import generate_dataset, load_generator
+    from synthfed.generation import generate_dataset, load_generator
     from synthfed.privacy.accountant import ADJACENCY
 
     config = TrainConfig(**TINY, epsilon=8.0).validate()

@@ -14,7 +14,7 @@ from synthfed.privacy.accountant import compute_epsilon
 from synthfed.privacy.ledger import PrivacyLedger
 from synthfed.privacy.training import PrivateTraining
 from synthfed.progress import RecordingProgress
-from synthfed.train import load_federated_data, train
+from synthfed.training import load_federated_data, train
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=3, alpha=1.0, batch_size=64, max_client_size=250,
             num_train_timesteps=50, epsilon=8.0)
@@ -109,7 +109,7 @@ def test_resume_of_a_private_run_without_ledger_is_refused(tmp_path):
 
 
 def test_generated_dataset_states_the_ledger_epsilon(tmp_path):
-    from synthfed.generate import generate_dataset, load_generator
+    from synthfed.generation import generate_dataset, load_generator
 
     result = train(TrainConfig(**TINY, rounds=1).validate(), tmp_path / "r")
     gen = load_generator(result.run_dir)
@@ -121,7 +121,7 @@ def test_generated_dataset_states_the_ledger_epsilon(tmp_path):
 
 
 def test_a_model_folder_inside_a_private_run_keeps_its_guarantee(tmp_path):
-    from synthfed.generate import load_generator
+    from synthfed.generation import load_generator
 
     result = train(TrainConfig(**TINY, rounds=1).validate(), tmp_path / "r")
     gen = load_generator(result.last_round_dir / "global" / "ema")

@@ -26,7 +26,7 @@ import synthfed.fairness.audit as audit_mod
 from synthfed.card import MATCH_REAL_REFUSED, PUBLIC_CONFIG_KEYS, guarantee_strength
 from synthfed.checkpoint import MODEL_PRIVACY_FILE, latest_round_dir, read_run_file
 from synthfed.cli.app import app, register_subcommands
-from synthfed.generate import generate_dataset, load_generator
+from synthfed.generation import generate_dataset, load_generator
 
 register_subcommands()
 runner = CliRunner()
@@ -34,7 +34,7 @@ runner = CliRunner()
 TINY = ["--data", "digits", "--image-size", "8", "--preset", "tiny", "--clients", "2", "--timesteps", "20",
         "--batch-size", "64", "--rounds", "1"]
 GEN = ["--per-class", "3", "--steps", "2"]
-AUDIT = ["--real", "digits", "--classifiers", "logreg", "--judge-epochs", "1", "--max-real-train", "100"]
+AUDIT = ["--data", "digits", "--classifiers", "logreg", "--judge-epochs", "1", "--max-real-train", "100"]
 FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia=False, max_real_train=100)
 
 
@@ -226,7 +226,7 @@ def _real_images_shown(report_dir: Path, train_images: np.ndarray) -> int:
 
 def _pooled_training_images(run: Path) -> np.ndarray:
     from synthfed.config import TrainConfig
-    from synthfed.train import load_federated_data
+    from synthfed.training import load_federated_data
 
     return load_federated_data(TrainConfig.from_dict(read_run_file(run)["config"])).pooled().resized(8).images
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import synthfed.checkpoint as checkpoint
-import synthfed.generate as generate_mod
+import synthfed.generation as generate_mod
 from synthfed.checkpoint import (
     CHECKSUM_FILE,
     latest_ledger,
@@ -32,10 +32,10 @@ from synthfed.checkpoint import (
 )
 from synthfed.config import TrainConfig
 from synthfed.errors import InputError, IntegrityError, RunLocked, SynthfedError
-from synthfed.generate import generate_dataset, load_generator
+from synthfed.generation import generate_dataset, load_generator
 from synthfed.privacy.ledger import PrivacyLedger
 from synthfed.locking import RUN_LOCK_FILE, lock_holder, output_lock, run_lock
-from synthfed.train import train
+from synthfed.training import train
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20, batch_size=64,
             rounds=1, seed=3)

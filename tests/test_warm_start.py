@@ -19,7 +19,7 @@ from synthfed.privacy.mechanisms import Gaussian
 from synthfed.privacy.noise_keys import NoiseKey
 from synthfed.privacy.planner import plan_dp_sgd
 from synthfed.privacy.training import PrivateTraining
-from synthfed.train import train
+from synthfed.training import train
 
 TINY = dict(data="digits", image_size=8, preset="tiny", num_clients=2, alpha=1.0, batch_size=64, max_client_size=200,
             num_train_timesteps=50, rounds=1, local_steps=2, epsilon=8.0, warm_start="central", warm_start_steps=3)

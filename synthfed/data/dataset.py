@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -44,6 +44,9 @@ class ImageDataset:
     labels: np.ndarray
     class_names: tuple[str, ...]
     source: str = ""
+    # Optional per-image metadata (a CSV source's columns besides path/label):
+    # column name -> 1-D array of strings, one per image. Not part of the fingerprint.
+    attributes: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         where = f" ({self.source})" if self.source else ""
@@ -81,6 +84,7 @@ class ImageDataset:
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "class_names", names)
+        object.__setattr__(self, "attributes", _check_attributes(self.attributes, len(labels), where))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -106,7 +110,8 @@ class ImageDataset:
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64, copy=False)
-        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, self.source)
+        attrs = None if self.attributes is None else {k: v[idx] for k, v in self.attributes.items()}
+        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, self.source, attrs)
 
     def with_class_names(self, class_names: Sequence[str]) -> "ImageDataset":
         """Same images re-labelled onto ``class_names`` (a superset, matched by name).
@@ -119,7 +124,7 @@ class ImageDataset:
         if extra:
             raise DataError(f"{self.source or 'dataset'}: classes {extra} are not among {list(names)}")
         mapping = np.array([names.index(n) for n in self.class_names], dtype=np.int64)
-        return ImageDataset(self.images, mapping[self.labels], names, self.source)
+        return ImageDataset(self.images, mapping[self.labels], names, self.source, self.attributes)
 
     def class_counts(self) -> np.ndarray:
         """Images per class, length ``num_classes`` (zeros for absent classes)."""
@@ -149,7 +154,7 @@ class ImageDataset:
                 out[i] = np.transpose(
                     np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR)), (2, 0, 1)
                 )
-        return ImageDataset(out, self.labels, self.class_names, self.source)
+        return ImageDataset(out, self.labels, self.class_names, self.source, self.attributes)
 
     def to_tensor(self):
         """``(images, labels)``: float32 images in [-1, 1] (the diffusion range), int64 labels."""
@@ -167,6 +172,20 @@ class ImageDataset:
         h.update(self.labels.astype("<i8").tobytes())
         h.update("\x1f".join(self.class_names).encode("utf-8"))
         return h.hexdigest()
+
+
+def _check_attributes(attributes, n: int, where: str) -> Mapping[str, np.ndarray] | None:
+    """Read-only string columns of length ``n`` (None when there are none)."""
+    if not attributes:
+        return None
+    out = {}
+    for name, values in attributes.items():
+        col = np.asarray(values, dtype=str).view()
+        if col.shape != (n,):
+            raise DataError(f"attribute {name!r} has shape {col.shape}, expected ({n},){where}")
+        col.flags.writeable = False
+        out[str(name)] = col
+    return out
 
 
 def concat(datasets: Sequence[ImageDataset]) -> ImageDataset:
@@ -190,9 +209,14 @@ def concat(datasets: Sequence[ImageDataset]) -> ImageDataset:
     for d in datasets:
         if d.source and d.source not in sources:
             sources.append(d.source)
+    keys = [tuple(d.attributes) if d.attributes is not None else None for d in datasets]
+    attrs = None  # kept only when every part has the same columns
+    if keys[0] is not None and all(k == keys[0] for k in keys):
+        attrs = {k: np.concatenate([d.attributes[k] for d in datasets]) for k in keys[0]}
     return ImageDataset(
         np.concatenate([d.images for d in datasets]),
         np.concatenate([d.labels for d in datasets]),
         first.class_names,
         " + ".join(sources),
+        attrs,
     )

@@ -259,7 +259,8 @@ def _infer_csv_names(path: Path, raw: Sequence[str], *, allow_empty: bool = Fals
 
 def load_csv(path, *, root=None, class_names=None, grayscale: bool | None = None,
              allow_empty_classes: bool = False) -> ImageDataset:
-    """Images listed in a CSV with columns ``path,label``.
+    """Images listed in a CSV with columns ``path,label`` (any other columns are
+    carried as string ``attributes``, e.g. ``site`` or ``sex`` for the audit's groups).
 
     ``label`` is a class index or a class name, one kind per file. With
     ``class_names`` given, a label equal to a class name maps to that name
@@ -287,7 +288,12 @@ def load_csv(path, *, root=None, class_names=None, grayscale: bool | None = None
         if not f.is_file():
             raise DataError(f"{path}, line {line}: image {f} not found")
         files.append(f)
-    return _read_files(files, labels, names, grayscale=grayscale, source=str(path), what=str(path))
+    ds = _read_files(files, labels, names, grayscale=grayscale, source=str(path), what=str(path))
+    extra = [c for c in df.columns if c not in ("path", "label")]
+    if not extra:
+        return ds
+    attributes = {c: [str(v).strip() for v in df[c]] for c in extra}  # e.g. site, sex, age band: audit groups
+    return ImageDataset(ds.images, ds.labels, ds.class_names, ds.source, attributes)
 
 
 # --------------------------------------------------------------------------- spec strings

@@ -41,6 +41,10 @@ from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, Tas
 
 @dataclass
 class TrainResult:
+    """What a training run left: its directory, the rounds done, one dict per
+    round (mean loss, clients, time), and the latest checkpoint (whose
+    ``ledger.json`` holds the privacy spent by a DP run)."""
+
     run_dir: Path
     rounds_completed: int
     history: list[dict]

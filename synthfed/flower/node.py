@@ -58,7 +58,7 @@ def node_dataset(config: TrainConfig, *, partition_id: int, data: str | None = N
     """This node's records: its own source (``data``, a folder/CSV/idx the
     institution holds) or, for demos and tests, partition ``partition_id`` of
     the run's data split exactly as ``synthfed train`` splits it."""
-    from synthfed.train import cap_client, load_federated_data
+    from synthfed.training import cap_client, load_federated_data
 
     if config.strategy == "centralized":
         raise NodeError("the centralized baseline pools the data in one place; it does not run on Flower")

@@ -26,7 +26,7 @@ from synthfed.card import (NOT_DP, STRENGTH_TEXT, guarantee_strength, label_hand
                            worst_epsilon)
 from synthfed.checkpoint import read_run_file
 from synthfed.errors import SynthfedError, UsageError
-from synthfed.generate import LoadedGenerator, refuse_non_empty, load_generator
+from synthfed.generation import LoadedGenerator, refuse_non_empty, load_generator
 from synthfed.io import make_temp_dir, write_json_atomic
 from synthfed.locking import output_lock
 from synthfed.model.presets import MODEL_META_FILE
