@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthfed.cli.options import with_settings
 from synthfed.errors import InputError, UsageError
 
 privacy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -91,51 +92,35 @@ def report(
     print_ledger(rows, f"privacy ledger of {run_dir} after {round_dir.name}")
 
 
+# The settings a privacy plan depends on: train's options, same names and defaults (synthfed.settings).
+PLAN_SETTINGS = ["data", "strategy", "clients", "partition", "alpha", "min-partition-size", "max-client-size",
+                 "rounds", "local-epochs", "local-steps", "batch-size", "image-size", "timesteps", "delta",
+                 "head-epochs", "clip-norm", "upload-copies", "label-epsilon", "public-labels", "local-epsilon",
+                 "warm-start", "warm-start-share", "seed"]
+
+
 @privacy_app.command("calibrate")
+@with_settings(PLAN_SETTINGS)
 def calibrate(
     epsilon: float = typer.Option(..., help="Target epsilon per client (pfdm: of the upload and labels)."),
-    delta: Optional[float] = typer.Option(None, help="Target delta (default 1/(10 n_k) per client)."),
     n: Optional[int] = typer.Option(None, help="Plan for one client of this many records instead of splitting --data."),
-    data: str = typer.Option("digits", help="Data source, split exactly as `synthfed train` splits it."),
-    clients: int = typer.Option(4, help="Number of clients K."),
-    partition: str = typer.Option("dirichlet", help="dirichlet | iid | folders."),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration of the partition."),
-    min_partition_size: int = typer.Option(10, help="Smallest number of images a client may get."),
-    max_client_size: Optional[int] = typer.Option(None, help="Keep at most this many images per client (as train)."),
-    seed: int = typer.Option(0, help="Partition seed."),
-    batch_size: int = typer.Option(32, help="Expected batch size B (q = B / n_k)."),
-    rounds: int = typer.Option(5, help="Rounds R (calibrated as if the client takes part in all)."),
-    local_epochs: int = typer.Option(1, help="Local epochs E per round."),
-    head_epochs: int = typer.Option(1, help="fedrep: head-only epochs per round (they are DP-SGD steps too)."),
-    strategy: str = typer.Option("fedavg", help="fedavg | centralized | local | fedper | fedrep | pfdm (prints the t0 <-> epsilon curve)."),
-    timesteps: int = typer.Option(1000, help="pfdm: diffusion steps T of the linear schedule."),
-    image_size: Optional[int] = typer.Option(None, help="Image size (default: the data's)."),
-    clip_norm: Optional[float] = typer.Option(None, help="pfdm: clip norm C (default sqrt(#pixels))."),
-    upload_copies: int = typer.Option(1, help="pfdm: noised copies per image."),
-    label_epsilon: Optional[float] = typer.Option(None, help="pfdm: randomized-response epsilon of the labels."),
-    public_labels: bool = typer.Option(False, "--public-labels", help="pfdm: labels declared public."),
-    local_epsilon: Optional[float] = typer.Option(None, help="pfdm: DP-SGD epsilon of the local denoisers."),
-    local_steps: Optional[int] = typer.Option(None, help="Local steps per round instead of whole epochs (as train)."),
-    warm_start: str = typer.Option("auto", help="auto (central except pfdm, as train under --epsilon) | central | none."),
-    warm_start_share: float = typer.Option(0.5, help="Part of epsilon the central images get on their own (as train)."),
+    **settings,
 ) -> None:
     """What noise (or PFDM t0) does each client get for (epsilon, delta)? Exactly the plan `synthfed train`
-    would run with the same options (the same planner); trains nothing."""
+    would run with the same options (the same planner); trains nothing. Rounds are calibrated as if the
+    client takes part in all of them; pfdm prints the t0 <-> epsilon curve."""
     from synthfed.config import TrainConfig
     from synthfed.recipes import resolve_warm_start
     from synthfed.training import load_federated_data
 
     if n is not None and n < 1:
         raise UsageError("--n must be at least 1")
-    config = TrainConfig(
-        data=data, num_clients=clients, partition=partition, alpha=alpha, min_partition_size=min_partition_size,
-        max_client_size=max_client_size, seed=seed, batch_size=batch_size, rounds=rounds,
-        local_epochs=local_epochs, head_epochs=head_epochs, strategy=strategy, num_train_timesteps=timesteps,
-        image_size=image_size, epsilon=epsilon, delta=delta, clip_norm=clip_norm, upload_copies=upload_copies,
-        label_epsilon=label_epsilon, public_labels=public_labels or (strategy == "pfdm" and label_epsilon is None),
-        local_epsilon=local_epsilon, local_steps=local_steps, warm_start_share=warm_start_share,
-        warm_start=resolve_warm_start(warm_start, private=True, strategy=strategy, engine="simulation"),
-    ).validate()
+    strategy = settings["strategy"]
+    config = TrainConfig(**{
+        **settings, "epsilon": epsilon,
+        "public_labels": settings["public_labels"] or (strategy == "pfdm" and settings["label_epsilon"] is None),
+        "warm_start": resolve_warm_start(settings["warm_start"], private=True, strategy=strategy, engine="simulation"),
+    }).validate()
     if n is not None:
         sizes, names, shape = {0: n}, {0: "0"}, None  # one client, id 0 (as in the ledgers)
     else:

@@ -78,9 +78,10 @@ def test_every_setting_is_a_train_option_with_the_dataclass_default():
             assert list(params[s.field].type.choices) == list(s.choices)
 
 
-def test_compare_takes_trains_options_under_the_same_names_and_defaults():
+@pytest.mark.parametrize("path", [("compare",), ("privacy", "calibrate")])
+def test_other_commands_take_trains_options_under_the_same_names_and_defaults(path):
     train = {p.name: p for p in _command("train").params}
-    shared = [p for p in _command("compare").params if p.name in {s.field for s in SETTINGS}]
+    shared = [p for p in _command(*path).params if p.name in {s.field for s in SETTINGS}]
     assert len(shared) >= 15
     for p in shared:
         assert p.opts == train[p.name].opts and p.default == train[p.name].default, p.name
