@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +32,8 @@ from synthfed.config import PERSONALIZED_STRATEGIES
 from synthfed.dataset_folder import (IMAGES_DIR, LAYOUTS, load_generated, loading_section,  # noqa: F401  (load_generated: re-exported)
                                      readme_front_matter, write_images)
 from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
-from synthfed.errors import InputError, SynthfedError, UsageError
-from synthfed.io import make_temp_dir, write_json_atomic
-from synthfed.locking import output_lock
+from synthfed.errors import InputError, UsageError
+from synthfed.io import new_output_folder, refuse_non_empty, write_json_atomic
 from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet
 from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
@@ -240,7 +238,7 @@ def generate_dataset(
     class histogram (refused for a DP output: no mechanism covers it). A
     dataset not covered by DP is refused unless ``allow_non_private``, and then
     stamped as such. The folder is assembled under a unique temporary name
-    (``.<name>.<random>.gen.partial``) and renamed into place, holding the
+    (``.<name>.<random>.partial``) and renamed into place, holding the
     output's lock: a crash never leaves a half-written dataset behind a
     valid-looking name, a failure removes the partial folder, and nothing that
     was there before (an existing ``out_dir`` is refused unless empty) is ever
@@ -264,37 +262,18 @@ def generate_dataset(
                       class_names=spec.class_names, counts=counts, counts_source=counts_source, real_counts=real_counts,
                       sampler={"name": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seed,
                                "ddpm_variance": ddpm_variance})
-    with output_lock(out_dir, "synthfed generate"):
-        refuse_non_empty(out_dir)  # again: another process may have filled it before we held the lock
-        tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".gen.partial")
-        try:
-            (tmp / IMAGES_DIR).mkdir()
-            images, labels = _sample_images(gen, counts, sampler=sampler, num_steps=num_steps,
-                                            guidance_scale=guidance_scale, ddpm_variance=ddpm_variance,
-                                            batch_size=batch_size, seed=seed, device=device, progress=progress)
-            write_images(tmp, images, labels, spec.class_names, layout=layout, producer=card["source"], seed=seed,
-                         stamp=manifest_stamp(card))
-            save_grid(images, labels, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
-            write_json_atomic(tmp / "card.json", card)
-            (tmp / "README.md").write_text(readme_front_matter(card, len(labels)) + render_card_md(card)
-                                           + loading_section(layout, spec.class_names))
-            os.replace(tmp, out_dir)  # onto a missing or empty folder: one rename, nothing else replaced
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SynthfedError(f"could not write the dataset into {out_dir} ({exc.strerror or exc}); "
-                                "nothing was written there") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # ours: made above under a unique name
-            raise
+    with new_output_folder(out_dir, command="synthfed generate", what="dataset") as tmp:
+        (tmp / IMAGES_DIR).mkdir()
+        images, labels = _sample_images(gen, counts, sampler=sampler, num_steps=num_steps,
+                                        guidance_scale=guidance_scale, ddpm_variance=ddpm_variance,
+                                        batch_size=batch_size, seed=seed, device=device, progress=progress)
+        write_images(tmp, images, labels, spec.class_names, layout=layout, producer=card["source"], seed=seed,
+                     stamp=manifest_stamp(card))
+        save_grid(images, labels, tmp / "grid.png", num_classes=spec.num_classes, per_class=min(max(counts), 10))
+        write_json_atomic(tmp / "card.json", card)
+        (tmp / "README.md").write_text(readme_front_matter(card, len(labels)) + render_card_md(card)
+                                       + loading_section(layout, spec.class_names))
     return out_dir
-
-
-def refuse_non_empty(out_dir: Path) -> None:
-    """An --out that exists and holds anything is refused: nothing of the user's is ever replaced."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder; choose a new --out")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; choose a new --out")
 
 
 def _released_source(gen: LoadedGenerator, out_dir: Path) -> dict:

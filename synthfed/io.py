@@ -12,9 +12,11 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from synthfed.errors import InputError, IntegrityError
+from synthfed.errors import InputError, IntegrityError, SynthfedError
 
 CHECKSUM_FILE = "checksums.json"
 _CHUNK = 1 << 20
@@ -61,6 +63,39 @@ def make_temp_dir(parent: Path, *, prefix: str, suffix: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     return tmp
+
+
+def refuse_non_empty(out_dir: Path) -> None:
+    """An --out that exists and holds anything is refused: nothing of the user's is ever replaced."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose a new --out")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty; choose a new --out")
+
+
+@contextmanager
+def new_output_folder(out_dir: Path, *, command: str, what: str) -> Iterator[Path]:
+    """Yield a unique temporary folder beside ``out_dir`` (``.<name>.<random>.partial``)
+    to fill; on success it is renamed onto ``out_dir`` (missing or empty: one
+    rename, nothing else replaced), on any failure removed. The output's lock
+    is held throughout, so a crash never leaves a half-written ``what`` behind a
+    valid-looking name and two commands never fill one folder."""
+    from synthfed.locking import output_lock
+
+    refuse_non_empty(out_dir)
+    with output_lock(out_dir, command):
+        refuse_non_empty(out_dir)  # again: another process may have filled it before we held the lock
+        tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial")
+        try:
+            yield tmp
+            os.replace(tmp, out_dir)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SynthfedError(f"could not write the {what} into {out_dir} ({exc.strerror or exc}); "
+                                "nothing was written there") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # ours: made above under a unique name
+            raise
 
 
 def _process_umask() -> int:

@@ -18,17 +18,15 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 from pathlib import Path
 
 from synthfed import pipeline as pipeline_module
 from synthfed.card import (NOT_DP, STRENGTH_TEXT, guarantee_strength, label_handling, privacy_label, source_label,
                            worst_epsilon)
 from synthfed.checkpoint import read_run_file
-from synthfed.errors import SynthfedError, UsageError
-from synthfed.generation import LoadedGenerator, refuse_non_empty, load_generator
-from synthfed.io import make_temp_dir, write_json_atomic
-from synthfed.locking import output_lock
+from synthfed.errors import UsageError
+from synthfed.generation import LoadedGenerator, load_generator
+from synthfed.io import new_output_folder, refuse_non_empty, write_json_atomic
 from synthfed.model.presets import MODEL_META_FILE
 from synthfed.pipeline import ClassConditionalPipeline
 from synthfed.privacy.accountant import UNIT_OF_PRIVACY
@@ -82,19 +80,8 @@ def write_pipeline_folder(gen: LoadedGenerator, out_dir: str | Path, *, allow_no
         raise NonPrivateOutputRefused(
             f"refusing to export a model that is not differentially private ({gen.privacy.get('statement')}); "
             "pass --allow-non-private to export it with a card that says so")
-    with output_lock(out_dir, "synthfed export"):
-        refuse_non_empty(out_dir)  # again: another process may have filled it before we held the lock
-        tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".export.partial")
-        try:
-            _write_folder(gen, tmp, progress)
-            os.replace(tmp, out_dir)  # onto a missing or empty folder: one rename, nothing else replaced
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SynthfedError(f"could not write the pipeline into {out_dir} ({exc.strerror or exc}); "
-                                "nothing was written there") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # ours: made above under a unique name
-            raise
+    with new_output_folder(out_dir, command="synthfed export", what="pipeline") as tmp:
+        _write_folder(gen, tmp, progress)
     return out_dir
 
 
