@@ -174,7 +174,7 @@ def generate(
 ) -> None:
     """Sample a trained model into PNGs with a manifest."""
     from synthfed.card import NOT_DP, counts_origin, privacy_label, resolve_class_counts
-    from synthfed.federated.simulation import resolve_device
+    from synthfed.federated.setup import resolve_device
     from synthfed.generation import generate_dataset, load_generator
 
     if per_class < 1:

@@ -59,7 +59,7 @@ def generate(model: str | Path, out_dir: str | Path, *, per_class: int = 10, cou
     ``grid.png``. A model not covered by DP is refused unless
     ``allow_non_private``; the card then says "NOT differentially private"."""
     from synthfed.config import check_device
-    from synthfed.federated.simulation import resolve_device
+    from synthfed.federated.setup import resolve_device
     from synthfed.generation import generate_dataset, load_generator
 
     gen = load_generator(model, client=client, use_ema=use_ema)

@@ -101,10 +101,11 @@ def resolve_class_counts(mode: str, *, num_classes: int, class_names: tuple[str,
 
 
 def _match_real(run_info: dict | None, client: int | None, total: int) -> list[int]:
-    if run_info is None or "class_counts" not in run_info["clients"][0]:
-        raise UsageError("--counts match-real needs a run directory trained by this version (class counts in run.json)")
-    rows = run_info["clients"] if client is None else [run_info["clients"][client]]
-    real = np.sum([r["class_counts"] for r in rows], axis=0).astype(float)
+    from synthfed.run_info import RunInfo
+
+    if run_info is None:
+        raise UsageError("--counts match-real needs a run directory (its run.json holds the class counts)")
+    real = np.sum(RunInfo.from_dict(run_info).class_counts(client), axis=0).astype(float)
     raw = real / real.sum() * total
     counts = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - counts))[: total - counts.sum()]:  # largest remainders

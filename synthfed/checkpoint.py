@@ -27,6 +27,7 @@ safetensors only: nothing here is ever unpickled."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ class RoundCheckpoint:
     ema_steps: dict[int, int]
     history: list[dict] = field(default_factory=list)
     ledger: dict | None = None
+    # Clients whose local part this round did not touch: their file is hard-linked
+    # from the previous round instead of written again (100 clients at 10%
+    # participation rewrote 90 unchanged files a round).
+    unchanged_clients: frozenset[int] = frozenset()
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -81,6 +86,7 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def write_run_file(run_dir: Path, info: dict) -> None:
+    """Low level: ``synthfed.run_info.RunInfo.write`` is the writer to call."""
     # "integrity" tells readers that every round of this run is sealed, so a
     # round whose checksums.json is gone is refused rather than read unverified.
     write_json_atomic(run_dir / RUN_FILE, {**info, "integrity": INTEGRITY})
@@ -96,6 +102,9 @@ def read_run_file(run_dir: Path) -> dict:
             raise ValueError("no config in it")
     except ValueError as exc:
         raise InputError(f"{path} is damaged ({str(exc).splitlines()[0]}); the run's settings cannot be read") from exc
+    from synthfed.run_info import RunInfo
+
+    RunInfo.from_dict(info, str(path))  # the one schema: a damaged or newer file is refused here, named
     return info
 
 
@@ -138,10 +147,14 @@ def _write_round(tmp: Path, run_dir: Path, spec: ModelSpec, ckpt: RoundCheckpoin
         write_model_privacy(tmp, run_dir, ckpt.server_round, ckpt.ledger)
     if ckpt.local_states:
         (tmp / "clients").mkdir()
+        previous = run_dir / ROUNDS_DIR / round_name(ckpt.server_round - 1) / "clients"
         for cid, local in ckpt.local_states.items():
+            target = tmp / "clients" / client_file(cid)
+            if cid in ckpt.unchanged_clients and _link(previous / client_file(cid), target):
+                continue
             tensors = {f"model.{k}": v for k, v in local.items()}
             tensors.update({f"ema.{k}": v for k, v in ckpt.local_emas[cid].items()})
-            save_file(_contiguous(tensors), str(tmp / "clients" / client_file(cid)))
+            save_file(_contiguous(tensors), str(target))
     state = {
         "round": ckpt.server_round,
         "ema_steps": {str(k): v for k, v in ckpt.ema_steps.items()},
@@ -150,6 +163,18 @@ def _write_round(tmp: Path, run_dir: Path, spec: ModelSpec, ckpt: RoundCheckpoin
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     if ckpt.ledger is not None:
         (tmp / LEDGER_FILE).write_text(json.dumps(ckpt.ledger, indent=2))
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link an unchanged client file into the new round (True), or False
+    where the file system cannot (then it is written). Safe because no file of
+    a published round is ever written again: every round is a new folder, and
+    the seal covers the linked file like any other."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError:
+        return False
 
 
 def _model_folders(round_dir: Path) -> list[Path]:

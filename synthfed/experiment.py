@@ -241,7 +241,7 @@ def _training_done(run_dir: Path, rounds: int) -> bool:
 
 def _generate(cell: Cell, run_dir: Path, samples_dir: Path, config: ExperimentConfig, progress: Progress) -> None:
     """Sample into ``samples.partial`` and rename: a samples/ folder is always complete."""
-    from synthfed.federated.simulation import resolve_device
+    from synthfed.federated.setup import resolve_device
     from synthfed.generation import generate_dataset, load_generator
 
     partial = samples_dir.with_name(samples_dir.name + ".partial")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file  # noqa: E402
 from flower_loopback import LoopbackGrid  # noqa: E402
 from shared_keys import give_nodes_simulation_keys  # noqa: E402
 from synthfed.config import ConfigError, TrainConfig  # noqa: E402
-from synthfed.federated.simulation import build_strategy  # noqa: E402
+from synthfed.federated.setup import build_strategy  # noqa: E402
 from synthfed.flower.client_app import app as client_app  # noqa: E402
 from synthfed.flower.node import NodeError, NodeStore, NodeTrainer, node_dataset  # noqa: E402
 from synthfed.flower.run_config import FlowerOptions, from_run_config, to_run_config  # noqa: E402
@@ -254,7 +254,7 @@ def _ask(grid, nid, fitins):
 
 def test_a_curious_server_asking_a_round_again_gets_the_same_release_or_a_counted_one(tmp_path):
     # Prepare: one node of a 2-round DP run, the server's round-1 weights, as messages over the loopback
-    from synthfed.federated.simulation import initial_state, spec_from_shape
+    from synthfed.federated.setup import initial_state, spec_from_shape
     from synthfed.flower.records import content_to_fitres, parameters_to_ndarrays, state_to_parameters, train_ins
 
     config = TrainConfig(**TINY, strategy="fedavg", epsilon=8.0).validate()

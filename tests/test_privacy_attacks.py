@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from synthfed.config import TrainConfig
-from synthfed.federated.simulation import build_strategy, client_round, derive_seed, initial_state, local_training
+from synthfed.federated.setup import build_strategy, derive_seed, initial_state, local_training
+from synthfed.federated.client import client_round
 from synthfed.flower.node import NodeError, NodeStore, NodeTrainer, describe, node_dataset
 from synthfed.privacy.forward_noise import clip_images
 from synthfed.privacy.noise_keys import NODE_KEY_FILE, NoiseKey, simulation_keys_path
@@ -222,7 +223,7 @@ def test_in_the_simulation_a_round_redone_with_other_inputs_gets_fresh_noise_and
     config = TrainConfig(**{**TINY, "rounds": 2}, epsilon=8.0).validate()
     fed = load_federated_data(config)
     privacy = PrivateTraining.plan(config, fed)
-    from synthfed.federated.simulation import model_spec_for
+    from synthfed.federated.setup import model_spec_for
 
     spec = model_spec_for(config, fed)
     model, init = initial_state(config, spec)

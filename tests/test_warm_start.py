@@ -9,7 +9,7 @@ import torch
 
 from shared_keys import copy_simulation_keys
 from synthfed.config import ConfigError, TrainConfig
-from synthfed.federated.simulation import initial_state, spec_from_shape
+from synthfed.federated.setup import initial_state, spec_from_shape
 from synthfed.model.presets import save_model
 from synthfed.privacy.accountant import compute_epsilon
 from synthfed.privacy.calibration import analytic_gaussian_epsilon

@@ -14,7 +14,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -23,7 +23,12 @@ from synthfed.diffusion.ema import ema_decay, ema_update
 from synthfed.diffusion.loss import draw_rows, drop_labels, rows_loss
 from synthfed.federated.strategy import State
 from synthfed.model.presets import add_contiguous_inputs
+from synthfed.privacy.noise_keys import NoiseKey
+from synthfed.privacy.releases import inputs_digest
 from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
+
+if TYPE_CHECKING:
+    from synthfed.config import TrainConfig
 
 RowsLossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
 
@@ -212,3 +217,60 @@ def client_update(
         metrics={"loss": sum(losses) / len(losses) if losses else float("nan"), "steps": steps},
         mechanisms=mechanisms,
     )
+
+
+def client_round(
+    model: torch.nn.Module,
+    *,
+    config: TrainConfig,
+    plan: LocalTraining,
+    cid: int,
+    server_round: int,
+    state: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    ema_step: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    device: torch.device,
+    noise_key: NoiseKey,
+    privacy=None,
+    progress: Progress = null_progress,
+):
+    """Client ``cid``'s training in ``server_round``; None when its privacy
+    budget does not allow the round. The same call in every engine is what
+    makes a Flower run reproduce the simulation.
+
+    Every draw (Poisson batches, t, noise, label dropout, DP noise) comes from
+    the client's secret ``noise_key``, never from the public run seed. Under
+    DP the round's inputs are digested: the same inputs again (a redo after a
+    crash) reproduce the recorded release and are not counted twice; other
+    inputs get fresh noise and a new ledger entry."""
+    attempt, released = 0, False
+    digest = ""
+    stepper_factory = None
+    if privacy is not None:
+        digest = inputs_digest("client-round", server_round, state, ema, ema_step)
+        attempt, released = privacy.release_attempt(cid, server_round=server_round, digest=digest)
+        if not released and not privacy.may_train(cid, server_round=server_round):
+            return None
+    generator = noise_key.generator("client-round", server_round, attempt, device=device)
+    if privacy is not None:
+        stepper_factory = privacy.stepper_factory(cid, generator)
+    update = client_update(
+        model,
+        state=state,
+        ema=ema,
+        ema_step=ema_step,
+        images=images,
+        labels=labels,
+        plan=plan,
+        alphas_cumprod=alphas_cumprod,
+        generator=generator,
+        device=device,
+        stepper_factory=stepper_factory,
+        progress=progress,
+    )
+    if privacy is not None and not released:
+        privacy.record(cid, server_round=server_round, mechanisms=update.mechanisms, inputs=digest)
+    return update

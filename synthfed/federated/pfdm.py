@@ -15,33 +15,28 @@ client's local state = its whole low-noise model."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from synthfed.checkpoint import RoundCheckpoint, latest_round_dir, load_round, read_run_file, save_round, write_run_file
+from synthfed.checkpoint import load_round
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData
 from synthfed.diffusion.sampling import EpsFn, run_chain
 from synthfed.diffusion.schedule import NoiseSchedule
 from synthfed.federated.client import LocalTraining, client_update
-from synthfed.federated.simulation import (
-    TrainResult,
-    _check_same_data,
-    _run_info,
-    client_round,
-    derive_seed,
-    model_spec_for,
-    resolve_device,
-)
-from synthfed.model.presets import build_unet
+from synthfed.federated.in_process import InProcessTransport
+from synthfed.federated.loop import RoundLoop, ServerState, TrainResult
+from synthfed.federated.setup import derive_seed, initial_state, model_spec_for, resolve_device
+from synthfed.federated.simulation import open_run
+from synthfed.federated.strategy import Strategy
 from synthfed.privacy.forward_noise import make_uploads, upload_mechanisms
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
 from synthfed.privacy.noise_keys import NoiseKey, load_or_create_simulation_keys
 from synthfed.privacy.planner import client_delta, pfdm_budget, plan_t0
 from synthfed.privacy.releases import inputs_digest, release_attempt
-from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
+from synthfed.progress import Message, Progress, null_progress
 
 SERVER = -1  # seed stream of the server's training
 
@@ -116,10 +111,62 @@ def train_shared(model, config: TrainConfig, server_round: int, *, state, ema, e
                          alphas_cumprod=high.alphas_cumprod(), generator=gen, device=device, progress=progress)
 
 
-def pfdm_chosen(config: TrainConfig, num_clients: int, server_round: int) -> list[int]:
-    rng = np.random.default_rng([config.seed, server_round])
-    k = config.clients_per_round(num_clients)
-    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+class PFDMStrategy(Strategy):
+    """PFDM on the one round loop. Each client keeps its whole low-noise model
+    and sends nothing back (nothing is aggregated); before the round's clients
+    train, the server trains the shared high-noise denoiser on the pooled
+    uploads (``server_update``). Client selection is the base class's."""
+
+    name = "pfdm"
+    aggregates = False
+
+    def __init__(self, *, clients_per_round: int, shared: "SharedDenoiser") -> None:
+        super().__init__(clients_per_round=clients_per_round)
+        self.shared = shared
+
+    def is_shared(self, key: str) -> bool:
+        return False
+
+    def aggregate_fit(self, *, server_round: int, results, current):
+        return current
+
+    def server_update(self, server_round: int, state) -> dict:
+        s = self.shared
+        update = train_shared(s.model, s.config, server_round, state=state.global_state, ema=state.global_ema,
+                              ema_step=state.server_ema_steps.get(SERVER, 0), images=s.images, labels=s.labels,
+                              plan=s.plan, high=s.high, device=s.device, progress=s.progress)
+        state.global_state, state.global_ema = update.state, update.ema
+        state.server_ema_steps[SERVER] = update.ema_step
+        return update.metrics
+
+
+@dataclass
+class SharedDenoiser:
+    """What the server trains its shared high-noise denoiser with: the pooled uploads."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    images: torch.Tensor
+    labels: torch.Tensor
+    plan: LocalTraining
+    high: object  # the sub-chain t0 < t < T (ChainSchedule)
+    device: torch.device
+    progress: Progress = null_progress
+
+
+def pfdm_run_parts(config: TrainConfig, *, t0: int, clip: float, acp: torch.Tensor) -> dict:
+    """run.json's ``pfdm`` entry."""
+    return {"t0": t0, "clip_norm": clip, "upload_noise_std": math.sqrt((1 - float(acp[t0])) / float(acp[t0]))}
+
+
+def pfdm_strategy(config: TrainConfig, num_clients: int, *, model, images, labels, spec, t0: int, device,
+                  progress: Progress = null_progress) -> PFDMStrategy:
+    """The strategy, its shared denoiser trained on the pooled uploads ``images``/``labels``."""
+    server_plan, _ = pfdm_plans(config, spec.null_label, t0)
+    high = config.schedule().sub_chain(start=t0 + 1)
+    shared = SharedDenoiser(model=model, config=config, images=images, labels=labels, plan=server_plan, high=high,
+                            device=device, progress=progress)
+    return PFDMStrategy(clients_per_round=config.clients_per_round(num_clients), shared=shared)
 
 
 def run_pfdm(
@@ -131,59 +178,70 @@ def run_pfdm(
     progress: Progress = null_progress,
     stop_after_round: int | None = None,
 ) -> TrainResult:
+    """The simulation of a PFDM run: plan t0, release each client's uploads
+    once, then the one round loop with the in-process transport."""
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
     spec = model_spec_for(config, fed)
-    schedule = config.schedule()
-    acp = schedule.alphas_cumprod()
+    acp = config.schedule().alphas_cumprod()
     sizes = {cid: len(data) for cid, data in enumerate(fed.clients)}
     t0, clip = plan_t0(config, list(sizes.values()), fed.clients[0].image_shape, acp)
-    alpha_bar_t0 = float(acp[t0])
-    high = schedule.sub_chain(start=t0 + 1)
     sgd = None
     if config.local_epsilon is not None:
         from synthfed.privacy.training import PrivateTraining
 
         sgd = PrivateTraining.plan(config, fed, epsilon=config.local_epsilon)
-    ledger = pfdm_ledger(config, sizes, sgd=sgd, alpha_bar_t0=alpha_bar_t0, clip=clip)
-
-    torch.manual_seed(config.seed)
-    model = build_unet(spec)
-    keys = list(model.state_dict())
-    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    shared, shared_ema = dict(init), {k: v.clone() for k, v in init.items()}
-    local = {cid: {k: v.clone() for k, v in init.items()} for cid in range(len(fed.clients))}
-    local_ema = {cid: {k: v.clone() for k, v in init.items()} for cid in range(len(fed.clients))}
-    ema_steps = {cid: 0 for cid in [SERVER, *range(len(fed.clients))]}
-    history: list[dict] = []
-    start_round = 1
-    latest = latest_round_dir(run_dir) if run_dir.exists() else None
-    if latest is not None and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and latest is not None:
-        _check_same_data(read_run_file(run_dir), fed)
-        ckpt = load_round(latest, spec, shared_keys=set(keys), local_keys=set(keys))
-        start_round, history = ckpt.server_round + 1, ckpt.history
-        shared, shared_ema = ckpt.global_state, ckpt.global_ema
-        local.update(ckpt.local_states)
-        local_ema.update(ckpt.local_emas)
-        ema_steps.update(ckpt.ema_steps)
-        if ckpt.ledger is None:
-            raise RuntimeError("the checkpoint of a PFDM run has no privacy ledger; refusing to resume blind")
-        ledger = PrivacyLedger.from_dict(ckpt.ledger)
+    ledger = pfdm_ledger(config, sizes, sgd=sgd, alpha_bar_t0=float(acp[t0]), clip=clip)
+    model, init = initial_state(config, spec)
+    latest = open_run(run_dir, resume=resume, config=config, fed=fed, spec=spec,
+                      pfdm=pfdm_run_parts(config, t0=t0, clip=clip, acp=acp))
+    state = ServerState(global_state=dict(init), global_ema={k: v.clone() for k, v in init.items()}, history=[],
+                        server_ema_steps={SERVER: 0})
+    local = {cid: ({k: v.clone() for k, v in init.items()}, {k: v.clone() for k, v in init.items()}, 0)
+             for cid in sizes}
+    if latest is not None:
+        ledger = _restore(state, local, load_round(latest, spec, shared_keys=set(init), local_keys=set(init)))
         if sgd is not None:
             sgd.ledger = ledger
-        progress(Message(f"resuming {run_dir} after round {ckpt.server_round}"))
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        info = _run_info(config, fed, spec)
-        info["pfdm"] = {"t0": t0, "clip_norm": clip, "upload_noise_std": math.sqrt((1 - float(acp[t0])) / float(acp[t0]))}
-        write_run_file(run_dir, info)
-    noise_keys = load_or_create_simulation_keys(run_dir, range(len(fed.clients)), create=start_round == 1)
-    progress(Message(f"PFDM hand-off at t0={t0} of T={schedule.num_train_timesteps} (clip norm {clip:.3g})"))
+        progress(Message(f"resuming {run_dir} after round {state.next_round - 1}"))
+    noise_keys = load_or_create_simulation_keys(run_dir, range(len(fed.clients)), create=latest is None)
+    progress(Message(f"PFDM hand-off at t0={t0} of T={config.num_train_timesteps} (clip norm {clip:.3g})"))
+    images, labels = _pooled_uploads(config, fed, ledger, noise_keys, t0=t0, clip=clip, alpha_bar_t0=float(acp[t0]))
+    transport = InProcessTransport(
+        model=model, config=config, plan=pfdm_plans(config, spec.null_label, t0)[1],
+        tensors=[c.to_tensor() for c in fed.clients], noise_keys=noise_keys, alphas_cumprod=acp, device=device,
+        shared_keys=set(), local_states={c: v[0] for c, v in local.items()},
+        local_emas={c: v[1] for c, v in local.items()}, ema_steps={c: v[2] for c, v in local.items()},
+        privacy=sgd, ledger=ledger.to_dict, progress=progress)
+    strategy = pfdm_strategy(config, len(sizes), model=model, images=images, labels=labels, spec=spec, t0=t0,
+                             device=device, progress=progress)
+    loop = RoundLoop(strategy=strategy, transport=transport, run_dir=run_dir, spec=spec, num_clients=len(sizes),
+                     seed=config.seed, progress=progress)
+    last_dir = loop.run(state, rounds=config.rounds, last_round=stop_after_round) or latest
+    if last_dir is None:
+        raise RuntimeError("no round was completed")
+    return TrainResult(run_dir=run_dir, rounds_completed=len(state.history), history=state.history,
+                       last_round_dir=last_dir)
 
-    # The uploads: re-created identically on resume (same keys, same inputs),
-    # so a resumed run makes the same release rather than a second one.
+
+def _restore(state, local: dict, ckpt) -> PrivacyLedger:
+    """Continue from a checkpoint; its ledger (a PFDM checkpoint without one is refused)."""
+    if ckpt.ledger is None:
+        raise RuntimeError("the checkpoint of a PFDM run has no privacy ledger; refusing to resume blind")
+    state.next_round, state.history = ckpt.server_round + 1, ckpt.history
+    state.global_state, state.global_ema = ckpt.global_state, ckpt.global_ema
+    state.server_ema_steps[SERVER] = ckpt.ema_steps.get(SERVER, 0)
+    for cid in local:
+        if cid in ckpt.local_states:
+            local[cid] = (ckpt.local_states[cid], ckpt.local_emas[cid], ckpt.ema_steps.get(cid, 0))
+    return PrivacyLedger.from_dict(ckpt.ledger)
+
+
+def _pooled_uploads(config: TrainConfig, fed: FederatedData, ledger: PrivacyLedger, noise_keys, *, t0: int,
+                    clip: float, alpha_bar_t0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every client's uploads, pooled. Re-created identically on resume (same
+    keys, same inputs), so a resumed run makes the same release rather than a
+    second one."""
     uploads, upload_labels = [], []
     for cid, data in enumerate(fed.clients):
         images, labels = data.to_tensor()
@@ -195,47 +253,7 @@ def run_pfdm(
         upload_labels.append(y)
         if not recorded:
             record_uploads(client_ledger, config, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0)
-    pooled_x, pooled_y = torch.cat(uploads), torch.cat(upload_labels)
-    server_plan, client_plan = pfdm_plans(config, spec.null_label, t0)
-    tensors = [c.to_tensor() for c in fed.clients]
-    last_round = config.rounds if stop_after_round is None else min(config.rounds, stop_after_round)
-    last_dir = latest
-    progress(TaskStarted("round", "rounds", config.rounds))
-    if start_round > 1:
-        progress(TaskAdvanced("round", start_round - 1))
-    for server_round in range(start_round, last_round + 1):
-        metrics: dict = {"round": server_round, "clients": {}}
-        update = train_shared(model, config, server_round, state=shared, ema=shared_ema, ema_step=ema_steps[SERVER],
-                              images=pooled_x, labels=pooled_y, plan=server_plan, high=high, device=device,
-                              progress=progress)
-        shared, shared_ema, ema_steps[SERVER] = update.state, update.ema, update.ema_step
-        metrics["server"] = update.metrics
-        chosen = pfdm_chosen(config, len(fed.clients), server_round)
-        progress(TaskStarted("client", f"round {server_round}: clients", len(chosen)))
-        for cid in chosen:
-            images, labels = tensors[cid]
-            upd = client_round(model, config=config, plan=client_plan, cid=cid, server_round=server_round,
-                               state=local[cid], ema=local_ema[cid], ema_step=ema_steps[cid], images=images,
-                               labels=labels, alphas_cumprod=acp, device=device, noise_key=noise_keys[cid], privacy=sgd,
-                               progress=progress)
-            if upd is None:
-                progress(Message(f"client {cid} skipped in round {server_round}: its privacy budget is spent", "warning"))
-                continue
-            local[cid], local_ema[cid], ema_steps[cid] = upd.state, upd.ema, upd.ema_step
-            metrics["clients"][str(cid)] = upd.metrics
-            progress(TaskAdvanced("client", 1, {"client": cid, **upd.metrics}))
-        progress(TaskFinished("client"))
-        losses = [m["loss"] for m in metrics["clients"].values()]
-        metrics["mean_loss"] = float(np.mean(losses)) if losses else None
-        history.append(metrics)
-        last_dir = save_round(run_dir, spec, RoundCheckpoint(
-            server_round=server_round, global_state=shared, global_ema=shared_ema, local_states=local,
-            local_emas=local_ema, ema_steps=ema_steps, history=history, ledger=ledger.to_dict()))
-        progress(TaskAdvanced("round", 1, {"round": server_round, "loss": metrics["mean_loss"]}))
-    progress(TaskFinished("round"))
-    if last_dir is None:
-        raise RuntimeError("no round was completed")
-    return TrainResult(run_dir=run_dir, rounds_completed=len(history), history=history, last_round_dir=last_dir)
+    return torch.cat(uploads), torch.cat(upload_labels)
 
 
 @torch.no_grad()

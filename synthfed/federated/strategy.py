@@ -31,6 +31,7 @@ class FitResult:
 
 class Strategy(ABC):
     name: str = "strategy"
+    aggregates: bool = True  # False: the clients' results are not merged into the server's state (PFDM)
 
     def __init__(self, *, clients_per_round: int) -> None:
         if clients_per_round < 1:
@@ -50,6 +51,12 @@ class Strategy(ABC):
     @abstractmethod
     def aggregate_fit(self, *, server_round: int, results: Sequence[FitResult], current: State) -> State:
         """The new shared state from this round's results."""
+
+    def server_update(self, server_round: int, state) -> dict | None:
+        """The server's own training before the clients' (``state``: the loop's
+        ``ServerState``, advanced in place); its metrics, or None when there is
+        none (every strategy but PFDM)."""
+        return None
 
 
 def weighted_average(states: Sequence[State], weights: Sequence[float]) -> State:

@@ -33,14 +33,8 @@ from safetensors.torch import load_file, save
 from synthfed.config import TrainConfig
 from synthfed.data import ImageDataset, load_source
 from synthfed.errors import SynthfedError
-from synthfed.federated.simulation import (
-    build_strategy,
-    client_round,
-    initial_state,
-    local_training,
-    resolve_device,
-    spec_from_shape,
-)
+from synthfed.federated.setup import build_strategy, initial_state, local_training, resolve_device, spec_from_shape
+from synthfed.federated.client import client_round
 from synthfed.io import write_bytes_atomic, write_json_atomic
 from synthfed.model.presets import ModelSpec
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger

@@ -23,6 +23,7 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
+from synthfed.federated.loop import BUDGET_SPENT, RoundOutcome
 from synthfed.federated.strategy import FitResult
 from synthfed.flower.records import parameters_to_state, train_ins
 
@@ -62,8 +63,6 @@ class _RoundAdapter(LegacyStrategy):
 
 
 def fit_secagg(server, server_round: int, targets: dict[int, int], parameters: Parameters, keys, dtypes):
-    from synthfed.flower.server import RoundOutcome
-
     options = server.options
     biggest = max((abs(a).max() for a in parameters_to_ndarrays(parameters) if a.size), default=0.0)
     if biggest >= options.secagg_clip:
@@ -89,7 +88,7 @@ def fit_secagg(server, server_round: int, targets: dict[int, int], parameters: P
     replied = [cid_of[nid] for nid, num, _ in adapter.replies if num > 0]
     failures = {cid: "dropped out of the SecAgg+ round" for cid in targets if cid not in
                 {cid_of[nid] for nid, _, _ in adapter.replies}}
-    failures.update({cid_of[nid]: "skipped: privacy budget spent" for nid, num, _ in adapter.replies if num == 0})
+    failures.update({cid_of[nid]: BUDGET_SPENT for nid, num, _ in adapter.replies if num == 0})
     if n < 2:
         failures.update({cid: "SecAgg+ needs at least 2 clients in a round" for cid in targets})
     metrics = {cid_of[nid]: m for nid, num, m in adapter.replies if num > 0}
@@ -100,4 +99,4 @@ def fit_secagg(server, server_round: int, targets: dict[int, int], parameters: P
         shared.update({f"ema::{k}": v for k, v in ema.items()})
         total = sum(num for _, num, _ in adapter.replies)
         results = [FitResult(client_id=SECURE_SUM, num_examples=total, shared=shared, metrics={})]
-    return RoundOutcome(results=results, replied=sorted(replied), failures=failures, metrics=metrics)
+    return RoundOutcome(results=results, metrics=metrics, failures=failures)

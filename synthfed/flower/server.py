@@ -21,43 +21,25 @@ import json
 import time
 from pathlib import Path
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import numpy as np
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from synthfed.checkpoint import RoundCheckpoint, latest_round_dir, load_round, read_run_file, save_round, write_run_file
+from synthfed.checkpoint import latest_round_dir, load_round
 from synthfed.config import TrainConfig
-from synthfed.federated.simulation import build_strategy, initial_state, spec_from_shape
-from synthfed.federated.strategy import FitResult
+from synthfed.federated.loop import RoundFailed, RoundLoop, ServerState  # noqa: F401  (RoundFailed: re-exported)
+from synthfed.federated.setup import build_strategy, initial_state, spec_from_shape
 from synthfed.flower.records import (
     content_to_fitres,
     fitins_to_content,
-    parameters_to_state,
     query_content,
     read_description,
-    state_to_parameters,
-    train_ins,
 )
 from synthfed.flower.run_config import FlowerOptions
+from synthfed.flower.transport import FlowerTransport
 from synthfed.progress import Message as Note
-from synthfed.progress import Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
-
-
-class RoundFailed(RuntimeError):
-    """Too few clients replied; the last complete round is kept."""
-
-
-@dataclass
-class RoundOutcome:
-    """What came back from a round: results to aggregate (one per client, or
-    one secure sum under SecAgg+), who contributed, who failed and why."""
-
-    results: list[FitResult]
-    replied: list[int]
-    failures: dict[int, str]
-    metrics: dict[int, dict] = field(default_factory=dict)
+from synthfed.run_info import RunInfo
+from synthfed.progress import Progress, TaskAdvanced, null_progress
 
 
 def _replies_by_destination(grid: Grid, msgs: list[Message], timeout: float | None) -> dict[int, Message]:
@@ -154,22 +136,6 @@ class FlowerServer:
                 ok[cid] = content_to_fitres(reply.content)
         return ok, failures
 
-    def fit_plain(self, server_round: int, targets: dict[int, int], parameters, keys, dtypes) -> RoundOutcome:
-        ok, failures = self.train(targets, train_ins(parameters, server_round=server_round,
-                                                     run_name=self.options.run_name, config_json=self.config_json))
-        results = []
-        for cid, fitres in sorted(ok.items()):
-            if fitres.num_examples == 0:
-                failures[cid] = "skipped: privacy budget spent"
-                continue
-            state, ema = parameters_to_state(keys, fitres.parameters, dtypes)
-            shared = dict(state)
-            shared.update({f"ema::{k}": v for k, v in ema.items()})
-            results.append(FitResult(client_id=cid, num_examples=fitres.num_examples, shared=shared,
-                                     metrics=dict(fitres.metrics)))
-        return RoundOutcome(results=results, replied=[r.client_id for r in results], failures=failures,
-                            metrics={r.client_id: r.metrics for r in results})
-
     # -- the run ---------------------------------------------------------------
     def run(self) -> dict:
         """The whole run, owning the run directory (one server per run directory)."""
@@ -179,10 +145,9 @@ class FlowerServer:
             return self._run()
 
     def _run(self) -> dict:
-        config, options = self.config, self.options
+        config = self.config
         self.connect()
-        any_cid = min(self.described)
-        d = self.described[any_cid]
+        d = self.described[min(self.described)]
         spec = spec_from_shape(config, (d["channels"], d["height"], d["width"]), d["class-names"])
         if config.strategy == "pfdm":
             from synthfed.flower.pfdm_server import run_pfdm_flower
@@ -191,56 +156,24 @@ class FlowerServer:
         _, init = initial_state(config, spec)
         strategy = build_strategy(config, config.num_clients, list(init))
         keys = sorted(k for k in init if strategy.is_shared(k))
-        dtypes = {k: init[k].dtype for k in keys}
-        global_state = {k: init[k] for k in keys}
-        global_ema = {k: init[k].clone() for k in keys}
-        run_dir = Path(options.run_dir)
-        history, start = self.open_run_dir(run_dir, spec)
-        if start > 1:
+        state = ServerState(global_state={k: init[k] for k in keys}, global_ema={k: init[k].clone() for k in keys},
+                            history=[])
+        run_dir = Path(self.options.run_dir)
+        state.history, state.next_round = self.open_run_dir(run_dir, spec)
+        if state.next_round > 1:
             ckpt = load_round(latest_round_dir(run_dir), spec, shared_keys=set(keys), local_keys=set())
-            global_state, global_ema = ckpt.global_state or global_state, ckpt.global_ema or global_ema
-        self.progress(TaskStarted("round", "rounds", config.rounds))
-        if start > 1:
-            self.progress(TaskAdvanced("round", start - 1))
-        last_dir = None
-        for server_round in range(start, config.rounds + 1):
-            rng = np.random.default_rng([config.seed, server_round])
-            chosen = strategy.configure_fit(server_round=server_round, client_ids=range(config.num_clients), rng=rng)
-            targets, failures = self.targets(chosen)
-            parameters = state_to_parameters(keys, global_state, global_ema)
-            if options.secagg:
-                from synthfed.flower.secagg import fit_secagg
+            state.global_state = ckpt.global_state or state.global_state
+            state.global_ema = ckpt.global_ema or state.global_ema
+        transport = FlowerTransport(self, keys=keys, dtypes={k: init[k].dtype for k in keys})
+        return self.run_loop(strategy, transport, state, run_dir, spec)
 
-                outcome = fit_secagg(self, server_round, targets, parameters, keys, dtypes)
-            else:
-                outcome = self.fit_plain(server_round, targets, parameters, keys, dtypes)
-            failures.update(outcome.failures)
-            for cid, why in sorted(failures.items()):
-                self.progress(Note(f"round {server_round}: client {cid} failed: {why}", "warning"))
-            need = min(options.min_clients, len(chosen))
-            if len(outcome.replied) < need:
-                raise RoundFailed(f"round {server_round}: {len(outcome.replied)} of {len(chosen)} clients replied, "
-                                  f"fewer than min-clients {need}; the run stops after round {server_round - 1} "
-                                  "(resume later)")
-            results = sorted(outcome.results, key=lambda r: r.client_id)
-            if results and keys:
-                current = {**global_state, **{f"ema::{k}": v for k, v in global_ema.items()}}
-                merged = strategy.aggregate_fit(server_round=server_round, results=results, current=current)
-                global_state = {k: merged[k] for k in keys}
-                global_ema = {k: merged[f"ema::{k}"] for k in keys}
-            losses = [float(m["loss"]) for m in outcome.metrics.values() if m.get("loss") == m.get("loss")]
-            history.append({
-                "round": server_round, "chosen": chosen, "replied": sorted(outcome.replied),
-                "failed": {str(c): w for c, w in sorted(failures.items())},
-                "clients": {str(c): m for c, m in sorted(outcome.metrics.items())},
-                "mean_loss": float(np.mean(losses)) if losses else None,
-            })
-            last_dir = save_round(run_dir, spec, RoundCheckpoint(
-                server_round=server_round, global_state=global_state, global_ema=global_ema, local_states={},
-                local_emas={}, ema_steps={}, history=history, ledger=None))
-            self.progress(TaskAdvanced("round", 1, {"round": server_round, "loss": history[-1]["mean_loss"]}))
-        self.progress(TaskFinished("round"))
-        return {"run_dir": str(run_dir), "last_round_dir": str(last_dir), "history": history}
+    def run_loop(self, strategy, transport, state: ServerState, run_dir: Path, spec) -> dict:
+        """The one round loop over this server's nodes."""
+        loop = RoundLoop(strategy=strategy, transport=transport, run_dir=run_dir, spec=spec,
+                         num_clients=self.config.num_clients, seed=self.config.seed,
+                         min_clients=self.options.min_clients, progress=self.progress)
+        last_dir = loop.run(state, rounds=self.config.rounds)
+        return {"run_dir": str(run_dir), "last_round_dir": str(last_dir), "history": state.history}
 
     def open_run_dir(self, run_dir, spec, extra: dict | None = None) -> tuple[list[dict], int]:
         """(history, first round to run): a new run directory, or the one to resume."""
@@ -248,23 +181,16 @@ class FlowerServer:
         if latest is not None and not self.options.resume:
             raise FileExistsError(f"{run_dir} already holds a run; set resume=true to continue it")
         if latest is not None:
-            info = read_run_file(run_dir)
-            if info["config"] != self.config.to_dict() or info["flower"]["run-name"] != self.options.run_name:
+            info = RunInfo.read(run_dir)
+            if info.config != self.config.to_dict() or (info.flower or {}).get("run-name") != self.options.run_name:
                 raise RuntimeError("resume with the configuration and run-name the run started with")
             state = json.loads((latest / "state.json").read_text())
             self.progress(Note(f"resuming {run_dir} after round {state['round']}"))
             return list(state["history"]), int(state["round"]) + 1
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_file(run_dir, {
-            "format": 1,
-            "engine": "flower",
-            "config": self.config.to_dict(),
-            "model": spec.to_dict(),
-            "data": "held by the Flower nodes",
-            "flower": {"run-name": self.options.run_name, "secagg": self.options.secagg},
-            "clients": [{"id": cid, "n": int(d["num-examples"])} for cid, d in sorted(self.described.items())],
-            **(extra or {}),
-        })
+        sizes = {cid: int(d["num-examples"]) for cid, d in self.described.items()}
+        RunInfo.for_flower(self.config.to_dict(), spec.to_dict(), sizes, run_name=self.options.run_name,
+                           secagg=self.options.secagg, **(extra or {})).write(run_dir)
         return [], 1
 
 
