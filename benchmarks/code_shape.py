@@ -123,7 +123,7 @@ def main() -> None:
                 graph.setdefault(name, set()).add(target)
             if in_function:
                 local_imports.append(f"{name}: {module}{'.' + alias if alias else ''}")
-            if alias.startswith("_") and module != name:
+            if alias.startswith("_") and not alias.startswith("__") and module != name:
                 private.append(f"{name}: {module}.{alias}")
             if target and target.startswith("synthfed.cli") and not name.startswith("synthfed.cli"):
                 cli_from_core.append(f"{name}: {target}")

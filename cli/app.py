@@ -17,14 +17,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from synthfed.cli.errors import DEBUG_ENV, SynthfedGroup, say
+from synthfed.cli.errors import DEBUG_ENV, SynthfedGroup
 from synthfed.cli.render import RichProgress
-from synthfed.config import (DDPM_VARIANCES, DEVICES, LAYOUTS, PARTITIONS, PRECISIONS, SAMPLERS, ConfigError, TrainConfig,
+from synthfed.config import (DDPM_VARIANCES, DEVICES, LAYOUTS, PARTITIONS, PRECISIONS, SAMPLERS, TrainConfig,
                              check_device)
 from synthfed.model.presets import PRESETS
 from synthfed.errors import UsageError
-from synthfed.settings import SETTINGS
-from synthfed.cli.options import with_settings
+from synthfed.cli.options import train_config, with_settings
 
 app = typer.Typer(
     cls=SynthfedGroup,
@@ -53,40 +52,6 @@ def root(
                                  help="Print synthfed's version and exit."),
 ) -> None:
     """(The root's help is the app's.) Nothing to do here: SynthfedGroup reads --debug from the parsed options."""
-
-
-def parse_participation(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"--participation must be a fraction like 0.5 or a count like 3, not {text!r}") from None
-
-
-def train_config(p: dict, *, explicit: set[str] | None = None, engine: str = "simulation") -> TrainConfig:
-    """The validated ``TrainConfig`` of ``synthfed train``'s option values (also
-    used by ``synthfed flower run``, which takes the same options). Under
-    ``--epsilon`` the DP recipe (``synthfed.recipes``) fills the options not in
-    ``explicit`` (all of them when None), with one note line saying so."""
-    from synthfed.recipes import RECIPE_NAME, recipe_changes, resolve_warm_start
-
-    warm = resolve_warm_start(p["warm_start"], private=p["epsilon"] is not None, strategy=p["strategy"], engine=engine,
-                              init_from=p["init_from"] is not None)
-    config = _train_config({**p, "warm_start": warm})
-    changes = recipe_changes(config.to_dict(), explicit or set())
-    if changes or (warm == "central" and p["warm_start"] == "auto"):
-        config = config.replace(**changes).validate()
-        chosen = ", ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
-                           for k, v in {"warm_start": warm, **changes}.items())
-        say("note:", "bold cyan", f"DP recipe {RECIPE_NAME}: {chosen} (give an option to override it; "
-                                  "--warm-start none for DP-SGD alone)")
-    return config
-
-
-def _train_config(p: dict) -> TrainConfig:
-    """``p``: option values keyed by ``TrainConfig`` field (``synthfed.cli.options``)."""
-    values = {s.field: p[s.field] for s in SETTINGS if s.field in p}
-    values["participation"] = parse_participation(p["participation"])
-    return TrainConfig(**values).validate()
 
 
 @app.command()
@@ -191,9 +156,9 @@ def generate(
         raise UsageError(f"--steps must be at most the model's T = {gen.schedule.num_train_timesteps}")
     run_info = None
     if gen.run_dir is not None:
-        from synthfed.checkpoint import read_run_file
+        from synthfed.run_info import RunInfo
 
-        run_info = read_run_file(gen.run_dir)
+        run_info = RunInfo.read(gen.run_dir)
     class_counts = resolve_class_counts(counts, num_classes=gen.spec.num_classes, class_names=gen.spec.class_names,
                                         per_class=per_class, run_info=run_info, client=client,
                                         differentially_private=bool(gen.privacy.get("differentially_private")),

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from synthfed.cli.options import with_settings
+from synthfed.cli.options import train_config, with_settings
 from synthfed.settings import SETTINGS
 
 out = Console()
@@ -36,7 +36,6 @@ def compare(
     Takes train's options under the same names and defaults (and, under
     --epsilon, the same DP recipe); --epsilon is every strategy's DP-SGD
     epsilon (pfdm: its local denoisers)."""
-    from synthfed.cli.app import train_config
     from synthfed.cli.render import RichProgress
     from synthfed.cli.resume import given_fields
     from synthfed.compare import COMPARABLE, SamplingPlan, run_comparison

@@ -184,7 +184,7 @@ def boundary(debug: bool = False) -> Iterator[None]:
 
 
 def run_guarded(command: Callable[[], object], *, debug: list[str] | None = None) -> int:
-    """Run ``command`` (a program outside click: ``python -m synthfed.demo``)
+    """Run ``command`` (a program outside click: ``python -m synthfed.cli.demo``)
     inside :func:`boundary`; its exit code. ``debug``: its arguments, for ``--debug``."""
     try:
         with boundary(debug=debug_requested(debug)):

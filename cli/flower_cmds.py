@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
-from synthfed.cli.app import err, out
+from synthfed.cli.options import train_config
 from synthfed.config import TrainConfig
 from synthfed.errors import InputError, SynthfedError, UsageError
 
+out = Console()
+err = Console(stderr=True)
+_MAIN_APP: list[typer.Typer] = []  # the root app, set by register (not imported: it imports this module)
 flower_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="Run synthfed on Flower: SuperLink, SuperNodes, SecAgg+.")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -34,10 +38,9 @@ def _train_options(name: str, args: list[str], resume_from: Optional[Path] = Non
     """``synthfed train``'s options, parsed by the train command itself (its
     usage errors reach the CLI's error boundary as they are). With
     ``resume_from``: that run's own configuration, as ``train --resume`` gives it."""
-    from synthfed.cli.app import app, train_config
     from synthfed.cli.resume import given_fields, resumed_config
 
-    command = typer.main.get_command(app).get_command(None, "train")
+    command = typer.main.get_command(_MAIN_APP[0]).get_command(None, "train")
     with command.make_context(name, list(args)) as ctx:
         if ctx.params.get("resume") is not None:
             raise UsageError("use --resume of synthfed flower run (the nodes keep their state by run name)")
@@ -210,4 +213,6 @@ def collect(
 
 
 def register(root: typer.Typer) -> None:
+    """Add ``synthfed flower ...``; the root app is kept to parse train's options (flower run takes them)."""
+    _MAIN_APP[:] = [root]
     root.add_typer(flower_app, name="flower")

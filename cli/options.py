@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import click
 import typer
 
-from synthfed.config import ConfigError
+from synthfed.cli.errors import say
+from synthfed.config import ConfigError, TrainConfig
 from synthfed.settings import BY_FIELD, SETTINGS, Setting, fields_from_table
 
 _PY_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -95,3 +96,37 @@ def with_settings(names: list[str] | None = None, *, defaults: dict | None = Non
         return command
 
     return decorate
+
+
+def parse_participation(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--participation must be a fraction like 0.5 or a count like 3, not {text!r}") from None
+
+
+def train_config(p: dict, *, explicit: set[str] | None = None, engine: str = "simulation") -> TrainConfig:
+    """The validated ``TrainConfig`` of ``synthfed train``'s option values (also
+    used by ``synthfed flower run``, which takes the same options). Under
+    ``--epsilon`` the DP recipe (``synthfed.recipes``) fills the options not in
+    ``explicit`` (all of them when None), with one note line saying so."""
+    from synthfed.recipes import RECIPE_NAME, recipe_changes, resolve_warm_start
+
+    warm = resolve_warm_start(p["warm_start"], private=p["epsilon"] is not None, strategy=p["strategy"], engine=engine,
+                              init_from=p["init_from"] is not None)
+    config = _train_config({**p, "warm_start": warm})
+    changes = recipe_changes(config.to_dict(), explicit or set())
+    if changes or (warm == "central" and p["warm_start"] == "auto"):
+        config = config.replace(**changes).validate()
+        chosen = ", ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                           for k, v in {"warm_start": warm, **changes}.items())
+        say("note:", "bold cyan", f"DP recipe {RECIPE_NAME}: {chosen} (give an option to override it; "
+                                  "--warm-start none for DP-SGD alone)")
+    return config
+
+
+def _train_config(p: dict) -> TrainConfig:
+    """``p``: option values keyed by ``TrainConfig`` field (``synthfed.cli.options``)."""
+    values = {s.field: p[s.field] for s in SETTINGS if s.field in p}
+    values["participation"] = parse_participation(p["participation"])
+    return TrainConfig(**values).validate()

@@ -47,13 +47,13 @@ from synthfed.fairness.metrics import (
     label_fidelity,
     tv_distance,
 )
-from synthfed.fairness.comparison import COMPARE_METRICS, _jsonable, compare_audits, headline_metrics
+from synthfed.fairness.comparison import COMPARE_METRICS, jsonable, compare_audits, headline_metrics
 from synthfed.fairness.distribution import (check_fid_features, choose_features, distribution_fidelity,
                                             stratified_subset as _cap)
 from synthfed.fairness.groups import audit_groups
 from synthfed.fairness.privacy_report import privacy_card
 from synthfed.fairness.release import check_report_dir, public_source, public_spec, scrub_local_paths
-from synthfed.fairness.verdict import _summaries
+from synthfed.fairness.verdict import area_summaries
 from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
 __all__ = ["COMPARE_METRICS", "REAL_MISMATCH_FLAG", "compare_audits", "headline_metrics", "run_audit"]
@@ -378,7 +378,7 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
         "privacy": privacy,
         "notes": notes,
     }
-    report["summary"] = _summaries(report)
+    report["summary"] = area_summaries(report)
     stamp_real_warning(report, inputs.real_warning)
     if compare_with:
         if report["name"] in compare_with:
@@ -389,7 +389,7 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
                                 "table": table.reset_index().to_dict(orient="records")}
     # Free text (notes, error messages) may quote local paths: cut them to names.
     local = [dataset_dir, run, out_dir, Path.cwd()]
-    report = json.loads(scrub_local_paths(json.dumps(_jsonable(report), ensure_ascii=False), local))
+    report = json.loads(scrub_local_paths(json.dumps(jsonable(report), ensure_ascii=False), local))
     if out_dir is not None:
         from synthfed.fairness.report import write_report
 

@@ -21,23 +21,23 @@ LEVEL_STYLE = {"ok": ("#ecfdf5", "#047857", "OK"), "warning": ("#fffbeb", "#b453
 
 
 # --------------------------------------------------------------------------- small utilities
-def _e(x) -> str:
+def html_escape(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _num(v, fmt: str = "{:.3f}") -> str:
+def fmt_num(v, fmt: str = "{:.3f}") -> str:
     if v is None or (isinstance(v, float) and (math.isnan(v))):
         return "–"
     if isinstance(v, float) and math.isinf(v):
         return "∞"
-    return fmt.format(v) if isinstance(v, (int, float)) else _e(v)
+    return fmt.format(v) if isinstance(v, (int, float)) else html_escape(v)
 
 
-def _pct(v) -> str:
+def fmt_pct(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f}%"
 
 
-def _png(array: np.ndarray) -> str:
+def png_data_uri(array: np.ndarray) -> str:
     """uint8 (H, W) or (H, W, 3) -> data URI."""
     from PIL import Image
 
@@ -54,7 +54,7 @@ def _tile(image: np.ndarray, *, target: int = 44) -> np.ndarray:
     return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
 
 
-def _strip(images: Sequence[np.ndarray], *, target: int = 44, pad: int = 2) -> np.ndarray:
+def image_strip(images: Sequence[np.ndarray], *, target: int = 44, pad: int = 2) -> np.ndarray:
     tiles = [_tile(im, target=target) for im in images]
     h, w = tiles[0].shape[:2]
     shape = (h, len(tiles) * (w + pad) - pad) + tiles[0].shape[2:]
@@ -65,7 +65,7 @@ def _strip(images: Sequence[np.ndarray], *, target: int = 44, pad: int = 2) -> n
 
 
 # --------------------------------------------------------------------------- SVG charts
-def _bars_svg(labels: Sequence[str], series: list[tuple[str, Sequence[float | None], str]], *, title: str,
+def bars_svg(labels: Sequence[str], series: list[tuple[str, Sequence[float | None], str]], *, title: str,
               max_value: float = 1.0, percent: bool = True, width: int = 560) -> str:
     """Horizontal grouped bars: one group per label, one bar per series; legend on top."""
     n_s = len(series)
@@ -79,12 +79,12 @@ def _bars_svg(labels: Sequence[str], series: list[tuple[str, Sequence[float | No
         if x + w > width and x > left:
             x, y = left, y + 16
         legend.append(f'<rect x="{x}" y="{y}" width="11" height="11" fill="{color}"/>'
-                      f'<text x="{x + 15}" y="{y + 10}" class="lg">{_e(name)}</text>')
+                      f'<text x="{x + 15}" y="{y + 10}" class="lg">{html_escape(name)}</text>')
         x += w + 12
     top = y + 26
     height = top + len(labels) * group_h + 22
     out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">', *legend]
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html_escape(title)}">', *legend]
     step = 0.25 if max_value >= 0.75 else (0.1 if max_value > 0.25 else 0.05)
     for tick in np.arange(0.0, max_value + 1e-9, step):
         tx = left + plot_w * tick / max_value
@@ -93,7 +93,7 @@ def _bars_svg(labels: Sequence[str], series: list[tuple[str, Sequence[float | No
         out.append(f'<text x="{tx:.1f}" y="{height - 6}" class="tick" text-anchor="middle">{lab}</text>')
     for i, label in enumerate(labels):
         y0 = top + i * group_h
-        out.append(f'<text x="{left - 8}" y="{y0 + n_s * bar_h / 2 + 4:.1f}" class="cls" text-anchor="end">{_e(label)}</text>')
+        out.append(f'<text x="{left - 8}" y="{y0 + n_s * bar_h / 2 + 4:.1f}" class="cls" text-anchor="end">{html_escape(label)}</text>')
         for j, (name, values, color) in enumerate(series):
             v = values[i]
             if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -102,14 +102,14 @@ def _bars_svg(labels: Sequence[str], series: list[tuple[str, Sequence[float | No
             y = y0 + j * bar_h
             text = f"{100 * v:.0f}%" if percent else f"{v:.3g}"
             out.append(f'<rect x="{left}" y="{y}" width="{bw:.1f}" height="{bar_h - 1}" fill="{color}">'
-                       f'<title>{_e(name)}, {_e(label)}: {text}</title></rect>')
+                       f'<title>{html_escape(name)}, {html_escape(label)}: {text}</title></rect>')
             if j == 0:
                 out.append(f'<text x="{left + bw + 4:.1f}" y="{y + bar_h - 1.5}" class="val">{text}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
-def _confusion_svg(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:
+def confusion_svg(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:
     m = np.asarray(matrix, dtype=float)
     k = len(names)
     rows = m.sum(axis=1, keepdims=True)
@@ -123,9 +123,9 @@ def _confusion_svg(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str
            f'<text x="12" y="{top + k * cell / 2}" class="lg" text-anchor="middle" '
            f'transform="rotate(-90 12 {top + k * cell / 2})">true class →</text>']
     for j, n in enumerate(names):
-        out.append(f'<text x="{left + j * cell + cell / 2}" y="{top - 8}" class="tick" text-anchor="middle">{_e(n[:6])}</text>')
+        out.append(f'<text x="{left + j * cell + cell / 2}" y="{top - 8}" class="tick" text-anchor="middle">{html_escape(n[:6])}</text>')
     for i, n in enumerate(names):
-        out.append(f'<text x="{left - 6}" y="{top + i * cell + cell / 2 + 4}" class="tick" text-anchor="end">{_e(n[:10])}</text>')
+        out.append(f'<text x="{left - 6}" y="{top + i * cell + cell / 2 + 4}" class="tick" text-anchor="end">{html_escape(n[:10])}</text>')
         for j in range(k):
             f = frac[i, j]
             if i == j:
@@ -134,7 +134,7 @@ def _confusion_svg(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str
                 color = f"rgba(220,38,38,{min(1.0, 0.05 + 1.6 * f):.3f})" if f > 0 else "#f9fafb"
             txt_color = "#fff" if f > 0.55 else "#111827"
             out.append(f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell - 1}" height="{cell - 1}" '
-                       f'fill="{color}"><title>true {_e(n)}, predicted {_e(names[j])}: {int(m[i, j])} '
+                       f'fill="{color}"><title>true {html_escape(n)}, predicted {html_escape(names[j])}: {int(m[i, j])} '
                        f'({100 * f:.0f}% of row)</title></rect>')
             if m[i, j] > 0:
                 out.append(f'<text x="{left + j * cell + cell / 2}" y="{top + i * cell + cell / 2 + 4}" class="cell" '
@@ -171,7 +171,7 @@ dl{font-size:12.5px;} dt{font-weight:700;margin-top:6px;} dd{margin-left:14px;co
 """
 
 
-def _roc_svg(fpr: Sequence[float], tpr: Sequence[float], *, tpr_at: dict[str, float], resolution: float,
+def roc_svg(fpr: Sequence[float], tpr: Sequence[float], *, tpr_at: dict[str, float], resolution: float,
              width: int = 380, height: int = 330) -> str:
     """The attack's ROC on log-log axes (TPR against FPR), the chance diagonal
     dashed and the stated low-FPR points marked. Axes start one decade at or

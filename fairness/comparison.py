@@ -9,14 +9,14 @@ import numpy as np
 
 from synthfed.fairness.metrics import METRIC_DIRECTIONS, bias_reduction
 
-def _jsonable(obj):
+def jsonable(obj):
     """Numpy scalars/arrays to Python, non-finite floats to None (strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.bool_, bool)):
         return bool(obj)
     if isinstance(obj, (np.integer,)):

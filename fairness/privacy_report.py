@@ -12,7 +12,7 @@ from __future__ import annotations
 from synthfed.card import STRENGTH_TEXT, guarantee_strength
 from synthfed.privacy.accountant import ADJACENCY, UNIT_OF_PRIVACY
 from synthfed.data import ImageDataset
-from synthfed.fairness.charts import LEVEL_STYLE, _e, _num, _pct, _png, _roc_svg, _strip
+from synthfed.fairness.charts import LEVEL_STYLE, html_escape, fmt_num, fmt_pct, png_data_uri, roc_svg, image_strip
 from synthfed.fairness.release import PERSONAL_DATA_BANNER
 
 # The guarantee's badge: its own colour per strength, so that epsilon = 1000
@@ -52,14 +52,14 @@ def privacy_card(card: dict) -> dict:
 def strength_badge(priv: dict) -> str:
     strength = priv.get("guarantee_strength") or ("none" if not priv.get("differentially_private") else "moderate")
     color, word = STRENGTH_STYLE[strength]
-    return f'<span class="badge" style="background:{color}" title="{_e(STRENGTH_TEXT[strength])}">{word}</span>'
+    return f'<span class="badge" style="background:{color}" title="{html_escape(STRENGTH_TEXT[strength])}">{word}</span>'
 
 
 def personal_data_banner(report: dict) -> str:
     if not report.get("contains_personal_data"):
         return ""
     return ('<div class="panel" style="background:#b91c1c;color:#fff;font-size:1.2em;font-weight:700;'
-            f'margin:12px 0">This report {_e(PERSONAL_DATA_BANNER)}. It embeds real training images and the real '
+            f'margin:12px 0">This report {html_escape(PERSONAL_DATA_BANNER)}. It embeds real training images and the real '
             'class histogram of the training data (written with --include-real-images); keep it with the data owner.'
             '</div>')
 
@@ -67,25 +67,25 @@ def personal_data_banner(report: dict) -> str:
 def _dp_line(priv: dict) -> str:
     statement = str(priv["statement"])
     if priv["differentially_private"]:
-        line = "<b>Differentially private:</b> " + _e(statement)
+        line = "<b>Differentially private:</b> " + html_escape(statement)
         if priv.get("guarantee_strength") == "weak":
-            eps = _num(priv.get("epsilon_max"), "{:.4g}")
-            line += f' <b style="color:{STRENGTH_STYLE["weak"][0]}">({_e(priv["guarantee"])}; ε ≤ {eps})</b>'
+            eps = fmt_num(priv.get("epsilon_max"), "{:.4g}")
+            line += f' <b style="color:{STRENGTH_STYLE["weak"][0]}">({html_escape(priv["guarantee"])}; ε ≤ {eps})</b>'
         return line
     if statement.lower().startswith("not differentially private"):
         head, _, rest = statement.partition(":")
-        return f'<b style="color:#b91c1c">{_e(head)}</b>' + (f": {_e(rest.strip())}" if rest else "")
-    return '<b style="color:#b91c1c">NOT differentially private:</b> ' + _e(statement)
+        return f'<b style="color:#b91c1c">{html_escape(head)}</b>' + (f": {html_escape(rest.strip())}" if rest else "")
+    return '<b style="color:#b91c1c">NOT differentially private:</b> ' + html_escape(statement)
 
 
 def _client_table(priv: dict) -> str:
     if not priv.get("clients"):
         return ""
     rows = "".join(
-        f'<tr><td class="t">{_e(r.get("client"))}</td><td>{_e(r.get("n", "–"))}</td>'
-        f'<td class="t">{_e(r.get("mechanisms", ""))}</td><td>{_num(r.get("eps_lower"))}</td>'
-        f'<td>{_num(r.get("eps_estimate"))}</td><td>{_num(r.get("eps_upper"))}</td>'
-        f'<td>{_num(r.get("delta"), "{:.1e}")}</td><td class="t">{guarantee_strength(r.get("eps_upper"))}</td></tr>'
+        f'<tr><td class="t">{html_escape(r.get("client"))}</td><td>{html_escape(r.get("n", "–"))}</td>'
+        f'<td class="t">{html_escape(r.get("mechanisms", ""))}</td><td>{fmt_num(r.get("eps_lower"))}</td>'
+        f'<td>{fmt_num(r.get("eps_estimate"))}</td><td>{fmt_num(r.get("eps_upper"))}</td>'
+        f'<td>{fmt_num(r.get("delta"), "{:.1e}")}</td><td class="t">{guarantee_strength(r.get("eps_upper"))}</td></tr>'
         for r in priv["clients"])
     return ('<table><tr><th class="t">client</th><th>records</th><th class="t">mechanisms</th>'
             '<th>ε lower</th><th>ε estimate</th><th>ε upper</th><th>δ</th><th class="t">strength</th></tr>'
@@ -94,12 +94,12 @@ def _client_table(priv: dict) -> str:
 
 def _mia_html(mia: dict) -> str:
     if "auc" not in mia:
-        return f"<p class=\"small\">Not run: {_e(mia.get('skipped', 'no source model'))}.</p>"
+        return f"<p class=\"small\">Not run: {html_escape(mia.get('skipped', 'no source model'))}.</p>"
     text = (f"<p class=\"note\">Loss-threshold attack ({mia['num_members']} members vs {mia['num_non_members']} non-members, "
             f"timesteps {', '.join(str(t) for t in mia['timesteps'])}, {mia['draws']} noise draws each): "
-            f"<b>ROC AUC {mia['auc']:.3f}</b> (0.5 = guessing), TPR at 1% FPR <b>{_pct(mia['tpr_at_1pct_fpr'])}</b>, "
+            f"<b>ROC AUC {mia['auc']:.3f}</b> (0.5 = guessing), TPR at 1% FPR <b>{fmt_pct(mia['tpr_at_1pct_fpr'])}</b>, "
             f"mean loss members {mia['member_loss_mean']:.4f} vs non-members {mia['non_member_loss_mean']:.4f}. "
-            f"Members: {_e(mia.get('members', ''))}; non-members: {_e(mia.get('non_members', ''))}.</p>")
+            f"Members: {html_escape(mia.get('members', ''))}; non-members: {html_escape(mia.get('non_members', ''))}.</p>")
     return text + _roc_html(mia)
 
 
@@ -113,7 +113,7 @@ def _roc_html(mia: dict) -> str:
                                                                      f"{1 / res:.0f} non-members resolve FPR "
                                                                      f"{res:.1g} at best)" if float(t) < res else "")
                        for t, v in sorted(tpr_at.items(), key=lambda kv: -float(kv[0])))
-    svg = _roc_svg(roc["fpr"], roc["tpr"], tpr_at=tpr_at, resolution=res)
+    svg = roc_svg(roc["fpr"], roc["tpr"], tpr_at=tpr_at, resolution=res)
     return (f'<div class="row"><div class="panel">{svg}</div><p class="small" style="max-width:420px">ROC of the '
             f"attack on log-log axes (Carlini et al. 2022: an attack matters by the records it exposes at a low "
             f"false-positive rate, which a linear plot and the AUC hide). The dashed diagonal is guessing. {stated}."
@@ -131,7 +131,7 @@ def _gallery(mem: dict, synthetic: ImageDataset, train: ImageDataset | None) -> 
         alt = "synthetic and nearest training image" if train is not None else "synthetic image"
         cells.append(
             f'<div class="pair{" copy" if p["near_copy"] else ""}"><img alt="{alt}" '
-            f'src="{_png(_strip(images, target=48, pad=4))}"><div>synthetic #{p["synthetic_index"]}'
+            f'src="{png_data_uri(image_strip(images, target=48, pad=4))}"><div>synthetic #{p["synthetic_index"]}'
             + (f' | train #{p["train_index"]}' if train is not None else "")
             + f'</div><div>RMS {p["rms"]:.3f}{" — COPY" if p["near_copy"] else ""}</div></div>')
     if train is not None:
@@ -152,7 +152,7 @@ def privacy_html(report: dict, synthetic: ImageDataset, train: ImageDataset | No
     q_train = mem.get("dcr_train_quantiles") or []
     q_hold = mem.get("dcr_holdout_quantiles") or []
     unit = priv.get("unit_of_privacy")
-    unit_html = f'<p class="small">Unit of privacy: {_e(unit)}.</p>' if unit else ""
+    unit_html = f'<p class="small">Unit of privacy: {html_escape(unit)}.</p>' if unit else ""
     return f"""
 <h2>Privacy card</h2>
 <div class="panel" style="border-left:5px solid {fg}">
@@ -166,7 +166,7 @@ def privacy_html(report: dict, synthetic: ImageDataset, train: ImageDataset | No
 <tr><td class="t">closest synthetic–training pair, RMS per pixel (real hold-out–training: closest {mem['holdout_min_rms']:.3f}, median {mem['holdout_median_rms']:.3f})</td><td>{mem['min_rms']:.3f}</td></tr>
 <tr><td class="t">median distance to closest record: training | hold-out (equal-size sets of {mem['reference_size']})</td><td>{mem['median_dcr_train']:.3f} | {mem['median_dcr_holdout']:.3f}</td></tr>
 <tr><td class="t">DCR ratio (≈ 1: no sign of memorization; well below 1: closer to the training data than unseen data is)</td><td><b>{mem['dcr_ratio']:.3f}</b></td></tr>
-<tr><td class="t">synthetic images closer to the training sample than to the hold-out (≈ 50% expected)</td><td>{_pct(mem['share_closer_to_train'])}</td></tr>
+<tr><td class="t">synthetic images closer to the training sample than to the hold-out (≈ 50% expected)</td><td>{fmt_pct(mem['share_closer_to_train'])}</td></tr>
 </table>
 <p class="small">DCR quantiles (min, 5%, 25%, 50%, 75%, max) to the full training set: {', '.join(f'{v:.2f}' for v in q_train)};
 to the hold-out: {', '.join(f'{v:.2f}' for v in q_hold)}. Distances are L2 over {mem['num_pixels']} pixel values in [0, 1].</p>

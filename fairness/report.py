@@ -25,13 +25,13 @@ from synthfed.io import write_bytes_atomic
 from synthfed.fairness.charts import (
     COLORS,
     LEVEL_STYLE,
-    _e,
-    _num,
-    _pct,
-    _png,
-    _strip,
-    _bars_svg,
-    _confusion_svg,
+    html_escape,
+    fmt_num,
+    fmt_pct,
+    png_data_uri,
+    image_strip,
+    bars_svg,
+    confusion_svg,
     CSS,
 )
 from synthfed.fairness.privacy_report import STRENGTH_STYLE, personal_data_banner, privacy_html
@@ -46,22 +46,22 @@ def _summary_html(report: dict) -> str:
     for key, title in (("utility", "Utility"), ("fairness", fair_title), ("privacy", "Privacy")):
         bg, fg, word = LEVEL_STYLE[s[key]["level"]]
         cards.append(f'<div class="card" style="background:{bg};border-color:{fg}33"><h3 style="color:{fg}">{title}'
-                     f'<span class="badge" style="background:{fg}">{word}</span></h3>{_e(s[key]["text"])}</div>')
+                     f'<span class="badge" style="background:{fg}">{word}</span></h3>{html_escape(s[key]["text"])}</div>')
     tstr = report["utility"]["tstr"]
     priv = report["privacy"]
     mia = priv.get("membership") or {}
     strength = priv.get("guarantee_strength") or ("moderate" if priv["differentially_private"] else "none")
     kpis = [
-        (_pct(tstr["accuracy"]), "accuracy on real test data (trained on synthetic)", ""),
-        (_pct(report["utility"].get("utility_ratio")), "of the real-data classifier's accuracy", ""),
-        (f"{_pct(tstr['worst_class'])}", f"worst class ('{report['fairness']['worst_class_name']}')", ""),
-        (_num(tstr["bias"]), "class-wise bias (std of per-class accuracy)", ""),
+        (fmt_pct(tstr["accuracy"]), "accuracy on real test data (trained on synthetic)", ""),
+        (fmt_pct(report["utility"].get("utility_ratio")), "of the real-data classifier's accuracy", ""),
+        (f"{fmt_pct(tstr['worst_class'])}", f"worst class ('{report['fairness']['worst_class_name']}')", ""),
+        (fmt_num(tstr["bias"]), "class-wise bias (std of per-class accuracy)", ""),
         (str(priv["memorization"]["near_copies"]), "near-exact copies of training images", ""),
         (_guarantee_kpi(priv, strength),
          "privacy guarantee" + (f"; membership attack AUC {mia['auc']:.2f}" if "auc" in mia else ""),
          f' style="color:{STRENGTH_STYLE[strength][0]}"'),  # its own colour per strength
     ]
-    k_html = "".join(f'<div class="kpi"><div class="v"{style}>{_e(v)}</div><div class="l">{_e(label)}</div></div>'
+    k_html = "".join(f'<div class="kpi"><div class="v"{style}>{html_escape(v)}</div><div class="l">{html_escape(label)}</div></div>'
                      for v, label, style in kpis)
     return f'<section id="summary"><div class="cards">{"".join(cards)}</div><div class="kpis">{k_html}</div></section>'
 
@@ -87,8 +87,8 @@ def _fairness_html(report: dict) -> str:
     if clients:
         mean = np.nanmean(np.array([[np.nan if v is None else v for v in b["per_class_recall"]] for b in clients]), axis=0)
         series.append(("each client alone (mean)", [float(v) for v in mean], COLORS["clients"]))
-    recall_svg = _bars_svg(names, series, title="per-class accuracy")
-    fid_svg = _bars_svg(names, [("label fidelity", fair["label_fidelity_per_class"], COLORS["fidelity"])],
+    recall_svg = bars_svg(names, series, title="per-class accuracy")
+    fid_svg = bars_svg(names, [("label fidelity", fair["label_fidelity_per_class"], COLORS["fidelity"])],
                         title="label fidelity", width=360)
     hist = fair["histograms"]
 
@@ -102,26 +102,26 @@ def _fairness_html(report: dict) -> str:
         series.append(("real training data", share(hist["real_train"]), COLORS["real"]))
     hmax = max(max(v for v in s[1] if v is not None) for s in series if any(v is not None for v in s[1]))
     hmax = min(1.0, math.ceil(hmax * 10 + 1e-9) / 10)
-    hist_svg = _bars_svg(names, series, title="class histogram", max_value=hmax, width=480)
+    hist_svg = bars_svg(names, series, title="class histogram", max_value=hmax, width=480)
     red = fair.get("bias_reduction_vs_clients_alone")
     red_txt = ""
     if red is not None:
-        red_txt = (f" Bias reduction over each client alone: <b>{_pct(red)}</b> "
+        red_txt = (f" Bias reduction over each client alone: <b>{fmt_pct(red)}</b> "
                    f"(1 − {tstr['bias']:.3f} / {fair['mean_client_bias']:.3f}).")
     return f"""
 <h2>Fairness across classes</h2>
 <p class="note">Per-class accuracy (recall) of the classifier trained on the synthetic set, tested on real images,
-next to the same classifier families trained on real data. Gap {_pct(tstr['gap'])}, class-wise bias (population std)
-{tstr['bias']:.3f}, worst class '{_e(fair['worst_class_name'])}' at {_pct(tstr['worst_class'])}.{red_txt}</p>
+next to the same classifier families trained on real data. Gap {fmt_pct(tstr['gap'])}, class-wise bias (population std)
+{tstr['bias']:.3f}, worst class '{html_escape(fair['worst_class_name'])}' at {fmt_pct(tstr['worst_class'])}.{red_txt}</p>
 <div class="row">
 <div class="panel"><h3>Per-class accuracy on real test images</h3>{recall_svg}</div>
 <div class="panel"><h3>Label fidelity: a real-data CNN agrees with the requested class</h3>{fid_svg}
-<p class="small" style="max-width:360px">Overall {_pct(fair['label_fidelity'])}; the judge ({_e(fair['judge']['classifier'])})
-is {_pct(fair['judge']['real_test_accuracy'])} accurate on the real test split.</p></div>
+<p class="small" style="max-width:360px">Overall {fmt_pct(fair['label_fidelity'])}; the judge ({html_escape(fair['judge']['classifier'])})
+is {fmt_pct(fair['judge']['real_test_accuracy'])} accurate on the real test split.</p></div>
 </div>
 <div class="row" style="margin-top:14px">
 <div class="panel"><h3>Confusion matrix (trained on synthetic, real test)</h3>
-{_confusion_svg(fair['confusion'], names)}</div>
+{confusion_svg(fair['confusion'], names)}</div>
 <div class="panel"><h3>Class histograms</h3>{hist_svg}
 <p class="small" style="max-width:480px">Total variation, judged vs requested: {fair['tv_distance']:.3f};
 generated labels vs real training data: {fair['tv_to_real']:.3f}.</p></div>
@@ -135,8 +135,8 @@ def _samples_html(synthetic: ImageDataset, per_class: int = 10) -> str:
         if len(idx) == 0:
             cell = '<span class="small">no images</span>'
         else:
-            cell = f'<img alt="samples of class {_e(name)}" src="{_png(_strip(synthetic.images[idx]))}">'
-        rows.append(f'<tr><td><b>{_e(name)}</b></td><td>{cell}</td></tr>')
+            cell = f'<img alt="samples of class {html_escape(name)}" src="{png_data_uri(image_strip(synthetic.images[idx]))}">'
+        rows.append(f'<tr><td><b>{html_escape(name)}</b></td><td>{cell}</td></tr>')
     return f"""
 <h2>Samples per class</h2>
 <div class="panel"><table class="samples">{''.join(rows)}</table>
@@ -148,16 +148,16 @@ def _metrics_table(report: dict) -> str:
     rows = []
     for r in [report["utility"]["tstr"], *report["utility"]["baselines"]]:
         rows.append(
-            f'<tr{" class=chosen" if r["kind"] == "synthetic" else ""}><td class="t">{_e(r["name"])}</td>'
-            f'<td>{r["train_size"]}</td><td class="t">{_e(r["classifier"])}</td><td>{_pct(r["accuracy"])}</td>'
-            f'<td>{_pct(r["balanced_accuracy"])}</td><td>{_pct(r["worst_class"])} ({_e(names[r["worst_class_index"]])})</td>'
-            f'<td>{_pct(r["gap"])}</td><td>{r["bias"]:.3f}</td></tr>')
+            f'<tr{" class=chosen" if r["kind"] == "synthetic" else ""}><td class="t">{html_escape(r["name"])}</td>'
+            f'<td>{r["train_size"]}</td><td class="t">{html_escape(r["classifier"])}</td><td>{fmt_pct(r["accuracy"])}</td>'
+            f'<td>{fmt_pct(r["balanced_accuracy"])}</td><td>{fmt_pct(r["worst_class"])} ({html_escape(names[r["worst_class_index"]])})</td>'
+            f'<td>{fmt_pct(r["gap"])}</td><td>{r["bias"]:.3f}</td></tr>')
     return ('<h2>Utility: train on synthetic, test on real</h2><div class="panel"><table>'
             '<tr><th class="t">trained on</th><th>images</th><th class="t">chosen classifier</th><th>accuracy</th>'
             '<th>balanced acc.</th><th>worst class</th><th>gap</th><th>bias (std)</th></tr>' + "".join(rows) +
             f'</table><p class="small">Every row is tested on the same {report["real"]["test_size"]} real test images '
-            f'({_e(report["real"]["spec"])}, test split). Each classifier was chosen among '
-            f'{_e(", ".join(report["settings"]["families"]))} by accuracy on a {_pct(report["settings"]["val_fraction"])} '
+            f'({html_escape(report["real"]["spec"])}, test split). Each classifier was chosen among '
+            f'{html_escape(", ".join(report["settings"]["families"]))} by accuracy on a {fmt_pct(report["settings"]["val_fraction"])} '
             'validation split of its own training set — for the synthetic row, synthetic images only; the real test '
             'split is used once, after selection.</p></div>')
 
@@ -169,10 +169,10 @@ def _selection_table(report: dict) -> str:
     for m in models:
         by = {c["candidate"]: c for c in m["selection"]}
         cells = "".join(
-            (f'<td style="font-weight:700;background:#eff6ff">{_pct(by[c]["val_accuracy"])}</td>' if by[c]["chosen"]
-             else f"<td>{_pct(by[c]['val_accuracy'])}</td>") if c in by else "<td>–</td>" for c in cands)
-        rows.append(f'<tr><td class="t">{_e(m["name"])}</td><td>{m["num_fit"]} / {m["num_val"]}</td>{cells}</tr>')
-    head = "".join(f"<th>{_e(c)}</th>" for c in cands)
+            (f'<td style="font-weight:700;background:#eff6ff">{fmt_pct(by[c]["val_accuracy"])}</td>' if by[c]["chosen"]
+             else f"<td>{fmt_pct(by[c]['val_accuracy'])}</td>") if c in by else "<td>–</td>" for c in cands)
+        rows.append(f'<tr><td class="t">{html_escape(m["name"])}</td><td>{m["num_fit"]} / {m["num_val"]}</td>{cells}</tr>')
+    head = "".join(f"<th>{html_escape(c)}</th>" for c in cands)
     return ('<h3>Model selection: validation accuracy of every candidate (chosen in bold)</h3><table>'
             f'<tr><th class="t">training set</th><th>fit / val. images</th>{head}</tr>' + "".join(rows) + "</table>"
             '<p class="small">Validation images are a stratified split of each row\'s own training set; the chosen '
@@ -198,18 +198,18 @@ def _comparison_html(report: dict) -> str:
             if v is None:
                 txt = "∞ (not DP)" if m == "epsilon" else "–"
             elif m in pct_rows:
-                txt = _pct(v)
+                txt = fmt_pct(v)
             elif m == "near_copies":
                 txt = f"{int(v)}"
             else:
                 txt = f"{v:.3f}"
             style = ' style="font-weight:700;background:#ecfdf5"' if (best is not None and v == best and len(finite) > 1) else ""
             cells.append(f"<td{style}>{txt}</td>")
-        body.append(f'<tr><td class="t">{_e(m)}</td>{"".join(cells)}<td class="t">{_e(r["direction"])}</td></tr>')
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+        body.append(f'<tr><td class="t">{html_escape(m)}</td>{"".join(cells)}<td class="t">{html_escape(r["direction"])}</td></tr>')
+    head = "".join(f"<th>{html_escape(c)}</th>" for c in cols)
     return (f'<h2>Comparison</h2><div class="panel"><table><tr><th class="t">metric</th>{head}<th class="t">better</th></tr>'
             + "".join(body) + f'</table><p class="small">bias_reduction = 1 − bias / bias of the reference '
-            f'({_e(comp["reference"])}); best value per row highlighted.</p></div>')
+            f'({html_escape(comp["reference"])}); best value per row highlighted.</p></div>')
 
 
 def _definitions_html() -> str:
@@ -235,23 +235,23 @@ def real_mismatch_banner(report: dict) -> str:
     if not warning:
         return ""
     return ('<div class="panel" style="background:#b45309;color:#fff;font-size:1.2em;font-weight:700;margin:12px 0">'
-            f'{_e(warning)} Do not read this report as the audit of the training data.</div>')
+            f'{html_escape(warning)} Do not read this report as the audit of the training data.</div>')
 
 
 def render_html(report: dict, *, synthetic: ImageDataset, train: ImageDataset | None = None) -> str:
     ds = report["dataset"]
     made_by = source_label(ds["source"]) if ds.get("source") else "unknown model"
-    notes = "".join(f"<li>{_e(n)}</li>" for n in report.get("notes", []))
+    notes = "".join(f"<li>{html_escape(n)}</li>" for n in report.get("notes", []))
     notes_html = f'<div class="panel note" style="margin-top:12px"><ul style="margin:0">{notes}</ul></div>' if notes else ""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>synthfed audit: {_e(report['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>synthfed audit: {html_escape(report['name'])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><main>
 {personal_data_banner(report)}
 {real_mismatch_banner(report)}
-<h1>Audit of synthetic dataset “{_e(report['name'])}”</h1>
+<h1>Audit of synthetic dataset “{html_escape(report['name'])}”</h1>
 <div class="sub">{ds['num_images']} images, {len(ds['class_names'])} classes, {ds['image_shape'][1]}×{ds['image_shape'][2]}
-× {ds['image_shape'][0]} channel(s) · made by {_e(made_by)} · tested against real data {_e(report['real']['spec'])}
+× {ds['image_shape'][0]} channel(s) · made by {html_escape(made_by)} · tested against real data {html_escape(report['real']['spec'])}
 ({report['real']['train_size']} training / {report['real']['test_size']} test images) · seed {report['settings']['seed']}</div>
 {_summary_html(report)}
 {notes_html}

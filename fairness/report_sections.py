@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from synthfed.fairness.charts import COLORS, _bars_svg, _e, _num, _pct
+from synthfed.fairness.charts import COLORS, bars_svg, html_escape, fmt_num, fmt_pct
 
 __all__ = ["distribution_html", "groups_html", "write_section_tables"]
 
@@ -24,25 +24,25 @@ def distribution_html(report: dict) -> str:
     if not d:
         return ""
     if "fid" not in d:
-        return f'<h2>Distribution fidelity</h2><p class="small">Not computed: {_e(d.get("skipped", ""))}.</p>'
+        return f'<h2>Distribution fidelity</h2><p class="small">Not computed: {html_escape(d.get("skipped", ""))}.</p>'
     rows = "".join(
-        f'<tr><td class="t">{_e(r["class"])}</td><td>{r["num_synthetic"]}</td><td>{r["num_real"]}</td>'
-        f'<td>{_num(r["fid"], "{:.2f}")}</td><td>{_pct(r["precision"])}</td><td>{_pct(r["recall"])}</td></tr>'
+        f'<tr><td class="t">{html_escape(r["class"])}</td><td>{r["num_synthetic"]}</td><td>{r["num_real"]}</td>'
+        f'<td>{fmt_num(r["fid"], "{:.2f}")}</td><td>{fmt_pct(r["precision"])}</td><td>{fmt_pct(r["recall"])}</td></tr>'
         for r in d["per_class"])
     names = [r["class"] for r in d["per_class"]]
-    pr_svg = _bars_svg(names, [("precision", [r["precision"] for r in d["per_class"]], COLORS["synthetic"]),
+    pr_svg = bars_svg(names, [("precision", [r["precision"] for r in d["per_class"]], COLORS["synthetic"]),
                                ("recall", [r["recall"] for r in d["per_class"]], COLORS["clients"])],
                        title="precision and recall per class", width=420)
     return f"""
 <h2>Distribution fidelity</h2>
 <div class="row">
 <div class="panel"><table>
-<tr><td class="t">{_e(d['label'])}</td><td><b>{_num(d['fid'], "{:.2f}")}</b></td></tr>
-<tr><td class="t">precision (share of synthetic images inside the real manifold, k = {d['k']})</td><td><b>{_pct(d['precision'])}</b></td></tr>
-<tr><td class="t">recall (share of real images inside the synthetic manifold, k = {d['k']})</td><td><b>{_pct(d['recall'])}</b></td></tr>
+<tr><td class="t">{html_escape(d['label'])}</td><td><b>{fmt_num(d['fid'], "{:.2f}")}</b></td></tr>
+<tr><td class="t">precision (share of synthetic images inside the real manifold, k = {d['k']})</td><td><b>{fmt_pct(d['precision'])}</b></td></tr>
+<tr><td class="t">recall (share of real images inside the synthetic manifold, k = {d['k']})</td><td><b>{fmt_pct(d['recall'])}</b></td></tr>
 <tr><td class="t">images compared: synthetic | real test (stratified cap {d['max_images']} each)</td><td>{d['num_synthetic']} | {d['num_real']}</td></tr>
 </table>
-<p class="small" style="max-width:520px">Features: {_e(d['features'])}. Reference: the {_e(d['reference'])}.
+<p class="small" style="max-width:520px">Features: {html_escape(d['features'])}. Reference: the {html_escape(d['reference'])}.
 Lower FID is closer; FID grows when fewer images are compared, so compare numbers made with the same counts.
 Low precision: images unlike any real one; low recall: parts of the real data the synthetic set misses.</p></div>
 <div class="panel"><h3>Precision and recall per class</h3>{pr_svg}</div>
@@ -58,24 +58,24 @@ def _group_table_html(table: dict, min_size: int) -> str:
     names = [g["group"] for g in by["synthetic"]["groups"]]
     acc = {k: {g["group"]: g["accuracy"] for g in by[k]["groups"]} for k in kinds}
     counts = {g["group"]: g["count"] for g in by["synthetic"]["groups"]}
-    head = "".join(f"<th>accuracy, {_e(_CLASSIFIER_TITLES[k])}</th>" for k in kinds)
+    head = "".join(f"<th>accuracy, {html_escape(_CLASSIFIER_TITLES[k])}</th>" for k in kinds)
     body = "".join(
-        f'<tr><td class="t">{_e(n)}{" <span class=small>(small)</span>" if counts[n] < min_size else ""}</td>'
-        f'<td>{counts[n]}</td>' + "".join(f"<td>{_pct(acc[k].get(n))}</td>" for k in kinds) + "</tr>"
+        f'<tr><td class="t">{html_escape(n)}{" <span class=small>(small)</span>" if counts[n] < min_size else ""}</td>'
+        f'<td>{counts[n]}</td>' + "".join(f"<td>{fmt_pct(acc[k].get(n))}</td>" for k in kinds) + "</tr>"
         for n in names)
     foot = "".join(
-        f'<tr><td class="t">difference (max − min) | ratio (min / max), {_e(_CLASSIFIER_TITLES[k])}</td><td></td>'
-        + "".join(f"<td>{_pct(by[k]['difference'])} | {_num(by[k]['ratio'], '{:.2f}')}</td>" if k == kk else "<td></td>"
+        f'<tr><td class="t">difference (max − min) | ratio (min / max), {html_escape(_CLASSIFIER_TITLES[k])}</td><td></td>'
+        + "".join(f"<td>{fmt_pct(by[k]['difference'])} | {fmt_num(by[k]['ratio'], '{:.2f}')}</td>" if k == kk else "<td></td>"
                   for kk in kinds) + "</tr>"
         for k in kinds)
     series = [(_CLASSIFIER_TITLES[k], [acc[k].get(n) for n in names],
                COLORS["synthetic"] if k == "synthetic" else COLORS["real_pooled"]) for k in kinds]
-    svg = _bars_svg(names, series, title=f"accuracy per {table['feature']}", width=440)
-    title = "Per site" if table["kind"] == "site" else f"Per attribute '{_e(table['feature'])}'"
+    svg = bars_svg(names, series, title=f"accuracy per {table['feature']}", width=440)
+    title = "Per site" if table["kind"] == "site" else f"Per attribute '{html_escape(table['feature'])}'"
     cap = f"; at most {table['max_per_group']} records per group" if table.get("max_per_group") else ""
     return (f'<div class="panel"><h3>{title}</h3><div class="row"><div><table><tr><th class="t">group</th>'
             f'<th>records</th>{head}</tr>{body}{foot}</table><p class="small" style="max-width:460px">Evaluated on '
-            f'{_e(table["evaluated_on"])}{cap}.</p></div><div>{svg}</div></div></div>')
+            f'{html_escape(table["evaluated_on"])}{cap}.</p></div><div>{svg}</div></div></div>')
 
 
 def groups_html(report: dict) -> str:
@@ -84,7 +84,7 @@ def groups_html(report: dict) -> str:
     if not g:
         return ""
     tables = "".join(_group_table_html(t, g["min_group_size"]) for t in g["tables"])
-    skipped = "".join(f"<li>{_e(s)}</li>" for s in g.get("skipped", []))
+    skipped = "".join(f"<li>{html_escape(s)}</li>" for s in g.get("skipped", []))
     skipped = f'<ul class="small">{skipped}</ul>' if skipped else ""
     return f"""
 <h2>Fairness across sites and attribute groups</h2>

@@ -14,7 +14,7 @@ from synthfed.card import MODERATE_MAX_EPSILON
 from synthfed.fairness.groups import group_verdict
 
 
-def _pct(x: float | None) -> str:
+def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
 
 
@@ -41,20 +41,20 @@ def fails(report: dict, fail_on: str | None) -> bool:
     return LEVELS.index(overall_level(report)) >= LEVELS.index(FAIL_ON[fail_on])
 
 
-def _summaries(report: dict) -> dict:
+def area_summaries(report: dict) -> dict:
     """Plain-language headline for each of utility, fairness, privacy, with a level ok/warning/alert."""
     util = report["utility"]
     tstr = util["tstr"]
     names = report["dataset"]["class_names"]
     pooled = next((b for b in util["baselines"] if b["kind"] == "real_pooled"), None)
     text = (f"A classifier trained only on the synthetic images ({tstr['classifier']}, chosen on a synthetic "
-            f"validation split) is {_pct(tstr['accuracy'])} accurate on {report['real']['test_size']} real test "
-            f"images (balanced accuracy {_pct(tstr['balanced_accuracy'])}).")
+            f"validation split) is {fmt_pct(tstr['accuracy'])} accurate on {report['real']['test_size']} real test "
+            f"images (balanced accuracy {fmt_pct(tstr['balanced_accuracy'])}).")
     level = "ok"
     if pooled is not None:
         ratio = util.get("utility_ratio")
-        text += (f" Trained on the real data instead: {_pct(pooled['accuracy'])}, so the synthetic set keeps "
-                 f"{_pct(ratio)} of the real data's utility.")
+        text += (f" Trained on the real data instead: {fmt_pct(pooled['accuracy'])}, so the synthetic set keeps "
+                 f"{fmt_pct(ratio)} of the real data's utility.")
         if ratio is not None and ratio < 0.7:
             level = "warning"
     if tstr["accuracy"] < 2.0 / max(len(names), 1):
@@ -64,15 +64,15 @@ def _summaries(report: dict) -> dict:
     fair = report["fairness"]
     rec = tstr["per_class_recall"]
     best_k = int(np.nanargmax(rec))
-    text = (f"Per-class accuracy ranges from {_pct(tstr['worst_class'])} (class '{names[tstr['worst_class_index']]}') "
-            f"to {_pct(rec[best_k])} (class '{names[best_k]}'): gap {_pct(tstr['gap'])}, class-wise bias "
+    text = (f"Per-class accuracy ranges from {fmt_pct(tstr['worst_class'])} (class '{names[tstr['worst_class_index']]}') "
+            f"to {fmt_pct(rec[best_k])} (class '{names[best_k]}'): gap {fmt_pct(tstr['gap'])}, class-wise bias "
             f"(std) {tstr['bias']:.3f}.")
     red = fair.get("bias_reduction_vs_clients_alone")
     if red is not None and not math.isnan(red):
         text += (f" Each client training alone: mean bias {fair['mean_client_bias']:.3f}, so the synthetic data "
-                 f"{'reduces' if red >= 0 else 'increases'} class-wise bias by {_pct(abs(red))}.")
+                 f"{'reduces' if red >= 0 else 'increases'} class-wise bias by {fmt_pct(abs(red))}.")
     low = [names[k] for k, v in enumerate(fair["label_fidelity_per_class"]) if v is not None and not math.isnan(v) and v < 0.5]
-    text += f" Label fidelity {_pct(fair['label_fidelity'])}"
+    text += f" Label fidelity {fmt_pct(fair['label_fidelity'])}"
     if len(low) > 4:
         text += f"; below 50% for {len(low)} of {len(names)} classes."
     elif low:
@@ -122,7 +122,7 @@ def _summaries(report: dict) -> dict:
         level = _worst(level, "warning")
     mia = priv.get("membership") or {}
     if "auc" in mia:
-        parts.append(f"Membership attack AUC {mia['auc']:.2f} (0.50 = chance), TPR at 1% FPR {_pct(mia['tpr_at_1pct_fpr'])}.")
+        parts.append(f"Membership attack AUC {mia['auc']:.2f} (0.50 = chance), TPR at 1% FPR {fmt_pct(mia['tpr_at_1pct_fpr'])}.")
         if mia["auc"] >= 0.6 or mia["tpr_at_1pct_fpr"] >= 0.05:
             level = _worst(level, "warning")
         if mia["auc"] >= 0.75:

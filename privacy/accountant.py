@@ -42,7 +42,7 @@ from dp_accounting.pld.privacy_loss_mechanism import AdjacencyType, GaussianPriv
 from scipy import integrate, special, stats
 
 from .mechanisms import (  # noqa: F401 (re-exported: the accountant's public API)
-    Gaussian, Mechanism, RandomizedResponse, SubsampledGaussian, _uses,
+    Gaussian, Mechanism, RandomizedResponse, SubsampledGaussian, uses_of,
     mechanism_from_dict, mechanism_to_dict, merge_mechanisms,
 )
 
@@ -72,7 +72,7 @@ TAIL_MASS = 1e-15
 # 0.039 at 1e-3, 2e-3, 4e-3 for sigma 1, q 0.01, 10^4 steps).  Start at
 # eps_error/4 and refine until the Richardson estimate of the error is at most
 # eps_error/2, so upper - true epsilon stays below eps_error.
-_START, _AIM = 0.25, 0.5
+START_FRACTION, AIM_FRACTION = 0.25, 0.5
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ def _gaussian_params(m: Mechanism) -> tuple[float, float, int]:
     one Gaussian with std s / sqrt(k), which avoids k-fold grid error."""
     q = getattr(m, "sampling_rate", 1.0)
     if q == 1.0:
-        return m.noise_multiplier / math.sqrt(_uses(m)), 1.0, 1
-    return m.noise_multiplier, q, _uses(m)
+        return m.noise_multiplier / math.sqrt(uses_of(m)), 1.0, 1
+    return m.noise_multiplier, q, uses_of(m)
 
 
 def _gaussian_loss(m: Mechanism, pessimistic: bool = True) -> GaussianPrivacyLoss:
@@ -175,7 +175,7 @@ def _extent(m: Mechanism, tail: float) -> tuple[float, float]:
     return width, (hi - lo + 1) * probe
 
 
-def _interval_floor(mechs: tuple, tail: float) -> float:
+def interval_floor(mechs: tuple, tail: float) -> float:
     """Smallest interval whose grids stay within MAX_SINGLE_POINTS and MAX_POINTS."""
     extents = [_extent(m, tail) for m in mechs]
     return max(max(e[0] for e in extents) / MAX_SINGLE_POINTS, sum(e[1] for e in extents) / MAX_POINTS)
@@ -184,7 +184,7 @@ def _interval_floor(mechs: tuple, tail: float) -> float:
 @functools.lru_cache(maxsize=8192)
 def _upper(mechs: tuple, delta: float, interval: float, tail: float) -> float:
     """Pessimistic PLD epsilon at `interval` (no smaller than the grid caps allow): a valid upper bound."""
-    interval = max(interval, _interval_floor(mechs, tail))
+    interval = max(interval, interval_floor(mechs, tail))
     return float(_composed_pld(mechs, interval, True, tail).get_epsilon_for_delta(delta))
 
 
@@ -246,20 +246,20 @@ def _richardson(mechs: tuple, delta: float, interval: float, tail: float) -> tup
 
 
 @functools.lru_cache(maxsize=4096)
-def _pld_upper(mechs: tuple, delta: float, eps_error: float, tail: float) -> tuple[float, float, float, float]:
+def pld_upper(mechs: tuple, delta: float, eps_error: float, tail: float) -> tuple[float, float, float, float]:
     """(upper bound, estimate, estimated error of the upper bound, interval used) at `eps_error`.
 
-    Starts at eps_error * _START and refines (at most three times) while the
-    Richardson error estimate exceeds eps_error * _AIM: far from the asymptotic
+    Starts at eps_error * START_FRACTION and refines (at most three times) while the
+    Richardson error estimate exceeds eps_error * AIM_FRACTION: far from the asymptotic
     regime (tiny per-step losses, e.g. q = 0.001) the error is nearly linear in
     the interval, so one square-root step can fall short."""
-    floor = _interval_floor(mechs, tail)
-    interval = max(_START * eps_error, floor)
+    floor = interval_floor(mechs, tail)
+    interval = max(START_FRACTION * eps_error, floor)
     up, est, err = _richardson(mechs, delta, interval, tail)
     for _ in range(3):
-        if not math.isfinite(up) or err <= _AIM * eps_error:
+        if not math.isfinite(up) or err <= AIM_FRACTION * eps_error:
             break
-        refined = max(interval * math.sqrt(_AIM * eps_error / err), floor)  # error ~ interval^2
+        refined = max(interval * math.sqrt(AIM_FRACTION * eps_error / err), floor)  # error ~ interval^2
         if refined >= 0.95 * interval:
             break
         interval = refined
@@ -269,7 +269,7 @@ def _pld_upper(mechs: tuple, delta: float, eps_error: float, tail: float) -> tup
 
 @functools.lru_cache(maxsize=4096)
 def _account(mechs: tuple, delta: float, eps_error: float, tail: float) -> EpsilonReport:
-    up, est, _, interval = _pld_upper(mechs, delta, eps_error, tail)
+    up, est, _, interval = pld_upper(mechs, delta, eps_error, tail)
     if not math.isfinite(up):
         return EpsilonReport(math.inf, math.inf, math.inf, delta, "none (infinite privacy loss at this delta)")
     lo = min(_lower(mechs, delta, interval, tail), up)

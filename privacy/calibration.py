@@ -25,7 +25,7 @@ from scipy import optimize
 from scipy.stats import norm
 
 from synthfed.errors import UsageError
-from .accountant import _AIM, _START, TAIL_MASS, Gaussian, SubsampledGaussian, _interval_floor, _pld_upper
+from .accountant import AIM_FRACTION, START_FRACTION, TAIL_MASS, Gaussian, SubsampledGaussian, interval_floor, pld_upper
 
 __all__ = [
     "CalibrationError", "default_delta", "validate_privacy_target", "find_noise_multiplier",
@@ -170,9 +170,9 @@ def _predicted_gap(err: float, interval: float, eps_error: float, floor: float) 
     Mirrors the accountant's choice of interval (error ~ c interval^2), so a
     search on cheap coarse grids aims at the bound the final check will report."""
     c = err / interval ** 2
-    start = max(_START * eps_error, floor)
+    start = max(START_FRACTION * eps_error, floor)
     gap = c * start ** 2
-    return gap if gap <= _AIM * eps_error else max(_AIM * eps_error, c * floor ** 2)
+    return gap if gap <= AIM_FRACTION * eps_error else max(AIM_FRACTION * eps_error, c * floor ** 2)
 
 
 def find_noise_multiplier(
@@ -206,14 +206,14 @@ def _find_noise_multiplier(target: float, delta: float, q: float, steps: int, ep
         """The final bound as predicted from a grid `level` times coarser: estimate + the gap the final grid leaves."""
         def f(s):
             mechs = (*before, SubsampledGaussian(s, q, steps))
-            up, est, err, interval = _pld_upper(mechs, delta, level * eps_error, TAIL_MASS)
+            up, est, err, interval = pld_upper(mechs, delta, level * eps_error, TAIL_MASS)
             if not math.isfinite(up):
                 return up
-            return est + _predicted_gap(err, interval, eps_error, _interval_floor(mechs, TAIL_MASS))
+            return est + _predicted_gap(err, interval, eps_error, interval_floor(mechs, TAIL_MASS))
         return f
 
     def upper(s):  # compute_epsilon's epsilon_upper, without its lower bound (not needed here)
-        return _pld_upper((*before, SubsampledGaussian(s, q, steps)), delta, eps_error, TAIL_MASS)[0]
+        return pld_upper((*before, SubsampledGaussian(s, q, steps)), delta, eps_error, TAIL_MASS)[0]
 
     def unreachable(eps_at_max):
         also = " together with the central images' release (lower --warm-start-share)" if before else ""
@@ -283,7 +283,7 @@ def _find_gaussian_noise(target: float, delta: float, count: int, eps_error: flo
         return analytic_gaussian_epsilon(noise_multiplier=s / 2, delta=delta, count=count)
 
     def upper(s):  # compute_epsilon's epsilon_upper, without its lower bound (not needed here)
-        return _pld_upper((Gaussian(s, count),), delta, eps_error, TAIL_MASS)[0]
+        return pld_upper((Gaussian(s, count),), delta, eps_error, TAIL_MASS)[0]
 
     def unreachable(eps_at_max):
         return CalibrationError(

@@ -89,7 +89,7 @@ _KINDS = {cls.kind: cls for cls in (SubsampledGaussian, Gaussian, RandomizedResp
 _COUNT_FIELD = {SubsampledGaussian: "steps", Gaussian: "count", RandomizedResponse: "count"}
 
 
-def _uses(m: Mechanism) -> int:
+def uses_of(m: Mechanism) -> int:
     return getattr(m, _COUNT_FIELD[type(m)])
 
 
@@ -99,7 +99,7 @@ def _unit(m: Mechanism, uses: int = 1) -> Mechanism:
 
 def _costs_nothing(m: Mechanism) -> bool:
     """No release, or a release independent of the data (q=0, randomized response at eps=0)."""
-    return _uses(m) == 0 or getattr(m, "sampling_rate", 1.0) == 0.0 or getattr(m, "epsilon", 1.0) == 0.0
+    return uses_of(m) == 0 or getattr(m, "sampling_rate", 1.0) == 0.0 or getattr(m, "epsilon", 1.0) == 0.0
 
 
 def mechanism_to_dict(m: Mechanism) -> dict:
@@ -139,6 +139,6 @@ def merge_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:
         if _costs_nothing(m):
             continue
         key = _params(m)
-        totals[key] = totals.get(key, 0) + _uses(m)
+        totals[key] = totals.get(key, 0) + uses_of(m)
         protos.setdefault(key, m)
     return [_unit(protos[k], totals[k]) for k in sorted(totals)]

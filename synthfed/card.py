@@ -16,11 +16,15 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from synthfed.errors import InputError, UsageError
 from synthfed.privacy.accountant import ADJACENCY, UNIT_OF_PRIVACY
+
+if TYPE_CHECKING:
+    from synthfed.run_info import RunInfo
 
 COUNT_MODES = ("uniform", "match-real")
 NOT_DP = "NOT differentially private"
@@ -79,7 +83,7 @@ def privacy_label(privacy: dict) -> str:
 
 
 def resolve_class_counts(mode: str, *, num_classes: int, class_names: tuple[str, ...], per_class: int,
-                         run_info: dict | None, client: int | None, differentially_private: bool,
+                         run_info: "RunInfo | None", client: int | None, differentially_private: bool,
                          allow_non_private: bool) -> list[int]:
     """Images to generate per class.
 
@@ -100,12 +104,10 @@ def resolve_class_counts(mode: str, *, num_classes: int, class_names: tuple[str,
     return _counts_from_csv(Path(mode), num_classes, class_names)
 
 
-def _match_real(run_info: dict | None, client: int | None, total: int) -> list[int]:
-    from synthfed.run_info import RunInfo
-
+def _match_real(run_info: "RunInfo | None", client: int | None, total: int) -> list[int]:
     if run_info is None:
         raise UsageError("--counts match-real needs a run directory (its run.json holds the class counts)")
-    real = np.sum(RunInfo.from_dict(run_info).class_counts(client), axis=0).astype(float)
+    real = np.sum(run_info.class_counts(client), axis=0).astype(float)
     raw = real / real.sum() * total
     counts = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - counts))[: total - counts.sum()]:  # largest remainders

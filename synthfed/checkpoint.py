@@ -39,18 +39,17 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from synthfed.errors import InputError, IntegrityError, SynthfedError
+from synthfed.run_info import INTEGRITY, RUN_FILE, read_run_file, write_run_file  # noqa: F401  (write_run_file: re-exported)
 from synthfed.io import (CHECKSUM_FILE, Sealed, make_temp_dir, publish_dir_atomic, write_bytes_atomic,
                          write_checksums, write_json_atomic)
 from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet, load_model, save_model
 
-RUN_FILE = "run.json"
 MODEL_PRIVACY_FILE = "privacy.json"
 LEDGER_FILE = "ledger.json"
 LATEST_FILE = "LATEST"
 ROUNDS_DIR = "rounds"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 KEEP_ROUNDS = 2
-INTEGRITY = "sha256"  # run.json's "integrity": every round of the run is sealed
 _ROUND_NAME = re.compile(r"round-\d{4,}")
 _ROUND_HINT = "resume from an earlier round or retrain"
 
@@ -83,29 +82,6 @@ class RoundCheckpoint:
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def write_run_file(run_dir: Path, info: dict) -> None:
-    """Low level: ``synthfed.run_info.RunInfo.write`` is the writer to call."""
-    # "integrity" tells readers that every round of this run is sealed, so a
-    # round whose checksums.json is gone is refused rather than read unverified.
-    write_json_atomic(run_dir / RUN_FILE, {**info, "integrity": INTEGRITY})
-
-
-def read_run_file(run_dir: Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a synthfed run directory (no {RUN_FILE})")
-    try:
-        info = json.loads(path.read_bytes())
-        if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-            raise ValueError("no config in it")
-    except ValueError as exc:
-        raise InputError(f"{path} is damaged ({str(exc).splitlines()[0]}); the run's settings cannot be read") from exc
-    from synthfed.run_info import RunInfo
-
-    RunInfo.from_dict(info, str(path))  # the one schema: a damaged or newer file is refused here, named
-    return info
 
 
 def save_round(run_dir: Path, spec: ModelSpec, ckpt: RoundCheckpoint) -> Path:

@@ -15,16 +15,8 @@ from synthfed.model.presets import PRESETS
 if TYPE_CHECKING:
     from synthfed.diffusion.schedule import NoiseSchedule
 
-STRATEGIES = ("fedavg", "centralized", "local", "fedper", "fedrep", "pfdm")
-# Strategies whose clients keep a model part of their own: one model per client.
-PERSONALIZED_STRATEGIES = ("local", "fedper", "fedrep", "pfdm")
-PARTITIONS = ("dirichlet", "iid", "folders")
-PRECISIONS = ("fp32", "bf16")
-WARM_STARTS = ("none", "central")
-DEVICES = ("auto", "cpu", "cuda")
-SAMPLERS = ("ddpm", "ddim")
-DDPM_VARIANCES = ("fixed_small", "fixed_large")  # sigma^2 = beta-tilde (posterior) or beta
-LAYOUTS = ("flat", "class-folders")  # of a generated dataset's images/ (synthfed.dataset_folder)
+from synthfed.choices import (DDPM_VARIANCES, DEVICES, LAYOUTS, PARTITIONS, PERSONALIZED_STRATEGIES,  # noqa: F401  (re-exported)
+                              PRECISIONS, SAMPLERS, STRATEGIES, WARM_STARTS)
 
 
 class ConfigError(UsageError):

@@ -49,7 +49,7 @@ from synthfed.experiment_config import (
     parse_experiment,
 )
 from synthfed.io import write_bytes_atomic, write_json_atomic
-from synthfed.experiment_tables import METRICS, RESULT_FILE, _read_result, write_tables
+from synthfed.experiment_tables import METRICS, RESULT_FILE, read_result, write_tables
 from synthfed.progress import Message, Progress, null_progress
 
 __all__ = [
@@ -350,7 +350,7 @@ def run_experiment(
     wanted = config.metrics.comparable()
     for i, cell in enumerate(cells, 1):
         cell_dir = out_dir / "cells" / cell.id
-        done = _read_result(cell_dir)
+        done = read_result(cell_dir)
         if done is not None and done.get("metrics_spec") == wanted:
             result.skipped.append(cell.id)
             continue
@@ -363,7 +363,7 @@ def run_experiment(
         progress(Message(f"cell {i}/{len(cells)} done in {time.perf_counter() - t0:.0f} s"))
         result.ran.append(cell.id)
     floor = None
-    if result.complete or any(_read_result(out_dir / "cells" / c.id) for c in cells):
+    if result.complete or any(read_result(out_dir / "cells" / c.id) for c in cells):
         floor_path = out_dir / "real_floor.json"
         n = config.generate.per_class * data.train.num_classes
         floor_spec = {"version": 2, "n": n, "metrics_spec": wanted, "train": data.train.fingerprint(), "test": data.test.fingerprint()}

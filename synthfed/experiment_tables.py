@@ -29,7 +29,7 @@ METRICS = {
 }
 
 
-def _read_result(cell_dir: Path) -> dict | None:
+def read_result(cell_dir: Path) -> dict | None:
     path = cell_dir / RESULT_FILE
     if not path.is_file():
         return None
@@ -62,7 +62,7 @@ def collect(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], dict[s
     cells = expand_grid(config)
     results = {}
     for cell in cells:
-        r = _read_result(out_dir / "cells" / cell.id)
+        r = read_result(out_dir / "cells" / cell.id)
         if r is not None:
             results[cell.id] = r
     return cells, results

@@ -13,16 +13,20 @@ normalised dict for code that reads fields by name."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synthfed.errors import InputError, UsageError
+from synthfed.io import write_json_atomic
 
 if TYPE_CHECKING:
     from synthfed.data import FederatedData
 
 FORMAT = 1  # bump on a change readers must know about; readers refuse a newer one
+RUN_FILE = "run.json"
+INTEGRITY = "sha256"  # run.json's "integrity": every round of the run is sealed
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,17 @@ class RunInfo:
             raise InputError(f"{where} is damaged ({exc!r}); the run's settings cannot be read") from exc
 
     def write(self, run_dir: Path) -> None:
-        from synthfed.checkpoint import write_run_file
-
         write_run_file(Path(run_dir), self.to_dict())
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunInfo":
-        from synthfed.checkpoint import read_run_file
+        return cls.from_dict(read_run_file(run_dir), f"{Path(run_dir).name}/{RUN_FILE}")
 
-        return cls.from_dict(read_run_file(run_dir), f"{Path(run_dir).name}/run.json")
+    def check_same_run(self, other: "RunInfo", *, resume_hint: str) -> None:
+        """A resumed run is the run that was started: same settings (and on
+        Flower the same run name, which names the nodes' state)."""
+        if self.config != other.config or (self.flower or {}).get("run-name") != (other.flower or {}).get("run-name"):
+            raise RuntimeError(f"resume with the configuration and run-name the run started with ({resume_hint})")
 
     def check_same_data(self, fed: "FederatedData") -> None:
         """A resumed run must see the data it started with (same clients, same contents)."""
@@ -105,3 +111,26 @@ class RunInfo:
                      else "this run directory predates class counts in run.json")
             raise UsageError(f"--counts match-real needs the training data's class counts: {where}")
         return [list(r.class_counts) for r in rows]
+
+
+def write_run_file(run_dir: Path, info: dict) -> None:
+    """Low level: ``RunInfo.write`` is the writer to call."""
+    # "integrity" tells readers that every round of this run is sealed, so a
+    # round whose checksums.json is gone is refused rather than read unverified.
+    write_json_atomic(run_dir / RUN_FILE, {**info, "integrity": INTEGRITY})
+
+
+def read_run_file(run_dir: Path) -> dict:
+    """run.json as a dict, checked against the schema (``RunInfo.from_dict``):
+    a missing, damaged or newer file is refused, named."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a synthfed run directory (no {RUN_FILE})")
+    try:
+        info = json.loads(path.read_bytes())
+        if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+            raise ValueError("no config in it")
+    except ValueError as exc:
+        raise InputError(f"{path} is damaged ({str(exc).splitlines()[0]}); the run's settings cannot be read") from exc
+    RunInfo.from_dict(info, str(path))
+    return info

@@ -18,7 +18,7 @@ from synthfed.cli.app import app, register_subcommands
 from synthfed.data import ImageDataset, concat, load_source
 from synthfed.evaluate.fid import inception_available
 from synthfed.evaluate.scores import knn_precision_recall
-from synthfed.fairness.charts import _roc_svg
+from synthfed.fairness.charts import roc_svg
 from synthfed.fairness.groups import MISSING, attribute_groups, group_summary, group_verdict
 from synthfed.fairness.verdict import fails, overall_level
 from synthfed.privacy.membership import roc_points, tpr_at_fpr
@@ -82,7 +82,7 @@ def test_roc_points_are_sklearns_roc_curve(ties):
 
 def test_roc_chart_is_log_log_with_the_diagonal_and_the_low_fpr_points():
     fpr, tpr, _ = roc_points(np.linspace(0, 1, 200), np.linspace(-0.5, 0.5, 1000))
-    svg = _roc_svg(fpr, tpr, tpr_at={"0.01": tpr_at_fpr(fpr, tpr, 0.01), "0.001": tpr_at_fpr(fpr, tpr, 1e-3)},
+    svg = roc_svg(fpr, tpr, tpr_at={"0.01": tpr_at_fpr(fpr, tpr, 0.01), "0.001": tpr_at_fpr(fpr, tpr, 1e-3)},
                    resolution=1e-3)
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert "chance: TPR = FPR" in svg and "1e-3" in svg and "1e-2" in svg and "TPR@0.001" in svg

@@ -247,7 +247,7 @@ def test_device_cuda_without_cuda_is_a_usage_error():
 # --------------------------------------------------------------------------- the demo's --out
 def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     # Prepare: someone's files where the demo is pointed
-    from synthfed import demo
+    from synthfed.cli import demo
 
     foreign = tmp_path / "thesis"
     foreign.mkdir()
@@ -264,7 +264,7 @@ def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
 
 def test_the_demo_clears_only_its_own_folder(tmp_path):
     # Prepare: a folder a previous demo made (its marker), holding that demo's output
-    from synthfed.demo import MARKER, prepare_out_dir
+    from synthfed.cli.demo import MARKER, prepare_out_dir
 
     fresh, own = tmp_path / "new", tmp_path / "old-demo"
     prepare_out_dir(own)

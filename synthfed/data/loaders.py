@@ -181,17 +181,17 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _subdirs(path: Path) -> list[Path]:
+def subdirs(path: Path) -> list[Path]:
     return sorted((d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")),
                   key=lambda d: d.name)
 
 
-def _scan_class_folders(path: Path, *, what: str) -> dict[str, list[Path]]:
+def scan_class_folders(path: Path, *, what: str) -> dict[str, list[Path]]:
     """``{class_name: sorted image files}`` for a ``path/<class>/*.png`` layout."""
     if not path.is_dir():
         raise DataError(f"{what} {path}: not a directory")
     classes = {d.name: sorted((f for f in d.iterdir() if _is_image(f)), key=lambda f: f.name)
-               for d in _subdirs(path)}
+               for d in subdirs(path)}
     if not any(classes.values()):
         loose = [f for f in path.iterdir() if _is_image(f)]
         hint = " (images must sit in one sub-folder per class)" if loose else ""
@@ -202,7 +202,7 @@ def _scan_class_folders(path: Path, *, what: str) -> dict[str, list[Path]]:
 def _class_folders(path: Path, *, what: str, allow_empty: bool) -> dict[str, list[Path]]:
     """The class folders of ``path``, checked: names of one kind, and (unless
     ``allow_empty``) every class folder holding an image."""
-    classes = _scan_class_folders(path, what=what)
+    classes = scan_class_folders(path, what=what)
     check_folder_names(list(classes), lambda name: path / name)
     if not allow_empty:
         check_empty_folders(classes, lambda name: path / name)

@@ -16,7 +16,7 @@ import numpy as np
 from .dataset import DataError, ImageDataset, concat
 from .images import check_sizes, check_square, choose_channels, decode, scan_headers
 from .labels import check_folder_names
-from .loaders import _scan_class_folders, _subdirs
+from .loaders import scan_class_folders, subdirs
 
 __all__ = [
     "iid_partition",
@@ -227,14 +227,14 @@ def load_client_folders(path, *, grayscale: bool | None = None) -> FederatedData
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"client folders {path}: not a directory")
-    client_dirs = _subdirs(path)
+    client_dirs = subdirs(path)
     if not client_dirs:
         raise DataError(f"client folders {path}: no client sub-folders "
                         "(expected path/<client>/<class>/*.png)")
     scans = {}
     for d in client_dirs:
         try:
-            scans[d.name] = _scan_class_folders(d, what="client")
+            scans[d.name] = scan_class_folders(d, what="client")
         except DataError:
             raise DataError(
                 f"client {d.name!r} is empty: no images in per-class sub-folders of {d}"

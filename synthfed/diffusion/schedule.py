@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from synthfed.config import DDPM_VARIANCES, SAMPLERS  # noqa: F401  (names only, torch-free: the CLI lists them)
+from synthfed.choices import DDPM_VARIANCES, SAMPLERS  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

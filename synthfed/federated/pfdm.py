@@ -29,11 +29,11 @@ from synthfed.federated.client import LocalTraining, client_update
 from synthfed.federated.in_process import InProcessTransport
 from synthfed.federated.loop import RoundLoop, ServerState, TrainResult
 from synthfed.federated.setup import derive_seed, initial_state, model_spec_for, resolve_device
-from synthfed.federated.simulation import open_run
 from synthfed.federated.strategy import Strategy
 from synthfed.privacy.forward_noise import make_uploads, upload_mechanisms
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
 from synthfed.privacy.noise_keys import NoiseKey, load_or_create_simulation_keys
+from synthfed.run_dir import open_in_process_run
 from synthfed.privacy.planner import client_delta, pfdm_budget, plan_t0
 from synthfed.privacy.releases import inputs_digest, release_attempt
 from synthfed.progress import Message, Progress, null_progress
@@ -193,8 +193,8 @@ def run_pfdm(
         sgd = PrivateTraining.plan(config, fed, epsilon=config.local_epsilon)
     ledger = pfdm_ledger(config, sizes, sgd=sgd, alpha_bar_t0=float(acp[t0]), clip=clip)
     model, init = initial_state(config, spec)
-    latest = open_run(run_dir, resume=resume, config=config, fed=fed, spec=spec,
-                      pfdm=pfdm_run_parts(config, t0=t0, clip=clip, acp=acp))
+    latest = open_in_process_run(run_dir, resume=resume, config=config.to_dict(), spec=spec.to_dict(), fed=fed,
+                                 pfdm=pfdm_run_parts(config, t0=t0, clip=clip, acp=acp))
     state = ServerState(global_state=dict(init), global_ema={k: v.clone() for k, v in init.items()}, history=[],
                         server_ema_steps={SERVER: 0})
     local = {cid: ({k: v.clone() for k, v in init.items()}, {k: v.clone() for k, v in init.items()}, 0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from synthfed.checkpoint import latest_round_dir, load_round
+from synthfed.checkpoint import load_round
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData
 from synthfed.federated.client import LocalTraining
@@ -28,25 +28,9 @@ from synthfed.federated.warm_start import central_warm_start
 from synthfed.model.presets import ModelSpec
 from synthfed.privacy.noise_keys import load_or_create_simulation_keys
 from synthfed.progress import Message, Progress, null_progress
-from synthfed.run_info import RunInfo
+from synthfed.run_dir import open_in_process_run
 
-__all__ = ["TrainResult", "open_run", "run_simulation"]
-
-
-def open_run(run_dir: Path, *, resume: bool, config: TrainConfig, fed: FederatedData, spec: ModelSpec,
-             **run_parts) -> Path | None:
-    """The one way a simulation opens its run directory: a new run writes its
-    run.json; ``resume`` checks the data is the run's own and returns the
-    latest round to continue from (None: start at round 1)."""
-    latest = latest_round_dir(run_dir) if run_dir.exists() else None
-    if latest is not None and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if latest is not None:
-        RunInfo.read(run_dir).check_same_data(fed)
-        return latest
-    run_dir.mkdir(parents=True, exist_ok=True)
-    RunInfo.for_simulation(config.to_dict(), spec.to_dict(), fed, **run_parts).write(run_dir)
-    return None
+__all__ = ["TrainResult", "run_simulation"]
 
 
 def run_simulation(
@@ -70,7 +54,7 @@ def run_simulation(
     model, init = initial_state(config, spec)
     strategy = build_strategy(config, len(fed.clients), list(init))
     shared_keys = {k for k in init if strategy.is_shared(k)}
-    latest = open_run(run_dir, resume=resume, config=config, fed=fed, spec=spec)
+    latest = open_in_process_run(run_dir, resume=resume, config=config.to_dict(), spec=spec.to_dict(), fed=fed)
     state, transport = _start_state(config, fed, init, shared_keys, model=model, device=device,
                                     plan=local_training(config, spec, strategy), privacy=privacy, progress=progress)
     if latest is not None:

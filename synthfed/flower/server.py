@@ -38,6 +38,7 @@ from synthfed.flower.records import (
 from synthfed.flower.run_config import FlowerOptions
 from synthfed.flower.transport import FlowerTransport
 from synthfed.progress import Message as Note
+from synthfed.run_dir import open_run_dir
 from synthfed.run_info import RunInfo
 from synthfed.progress import Progress, TaskAdvanced, null_progress
 
@@ -177,21 +178,16 @@ class FlowerServer:
 
     def open_run_dir(self, run_dir, spec, extra: dict | None = None) -> tuple[list[dict], int]:
         """(history, first round to run): a new run directory, or the one to resume."""
-        latest = latest_round_dir(run_dir) if run_dir.exists() else None
-        if latest is not None and not self.options.resume:
-            raise FileExistsError(f"{run_dir} already holds a run; set resume=true to continue it")
-        if latest is not None:
-            info = RunInfo.read(run_dir)
-            if info.config != self.config.to_dict() or (info.flower or {}).get("run-name") != self.options.run_name:
-                raise RuntimeError("resume with the configuration and run-name the run started with")
-            state = json.loads((latest / "state.json").read_text())
-            self.progress(Note(f"resuming {run_dir} after round {state['round']}"))
-            return list(state["history"]), int(state["round"]) + 1
-        run_dir.mkdir(parents=True, exist_ok=True)
         sizes = {cid: int(d["num-examples"]) for cid, d in self.described.items()}
-        RunInfo.for_flower(self.config.to_dict(), spec.to_dict(), sizes, run_name=self.options.run_name,
-                           secagg=self.options.secagg, **(extra or {})).write(run_dir)
-        return [], 1
+        info = RunInfo.for_flower(self.config.to_dict(), spec.to_dict(), sizes, run_name=self.options.run_name,
+                                  secagg=self.options.secagg, **(extra or {}))
+        latest = open_run_dir(run_dir, info, resume=self.options.resume, resume_flag="resume=true",
+                              check=lambda saved: saved.check_same_run(info, resume_hint="Flower run"))
+        if latest is None:
+            return [], 1
+        state = json.loads((latest / "state.json").read_text())
+        self.progress(Note(f"resuming {run_dir} after round {state['round']}"))
+        return list(state["history"]), int(state["round"]) + 1
 
 
 def log_progress(*, info: Callable[[str], None], warn: Callable[[str], None]) -> Progress:

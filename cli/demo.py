@@ -49,7 +49,7 @@ def prepare_out_dir(out: Path) -> None:
             else:
                 child.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by `python -m synthfed.demo`; a later demo may clear this folder\n")
+    (out / MARKER).write_text("made by `python -m synthfed.cli.demo`; a later demo may clear this folder\n")
 
 
 def main(argv: list[str] | None = None) -> int:
