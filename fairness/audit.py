@@ -48,8 +48,7 @@ from synthfed.fairness.metrics import (
     tv_distance,
 )
 from synthfed.fairness.comparison import COMPARE_METRICS, jsonable, compare_audits, headline_metrics
-from synthfed.fairness.distribution import (check_fid_features, choose_features, distribution_fidelity,
-                                            stratified_subset as _cap)
+from synthfed.fairness.distribution import check_fid_features, choose_features, distribution_fidelity
 from synthfed.fairness.groups import audit_groups
 from synthfed.fairness.privacy_report import privacy_card
 from synthfed.fairness.release import check_report_dir, public_source, public_spec, scrub_local_paths
@@ -225,7 +224,7 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
 
     progress(Message("training real-data baselines"))
     baselines = []
-    fit_set = _cap(train_set, max_real_train, seed)
+    fit_set = train_set.sample(max_real_train, seed=seed, stratified=True)
     if len(fit_set) < len(train_set):
         notes.append(f"Speed cap: the pooled real baseline and the label-fidelity judge were trained on a stratified "
                      f"{len(fit_set)} of the {len(train_set)} real training images (--max-real-train).")
@@ -234,7 +233,7 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
     baselines.append(pooled_row)
     if fed is not None and fed.num_clients > 1:
         for cname, cds in zip(fed.client_names, fed.clients):
-            cds = _cap(cds.resized(size), max_real_train, seed)
+            cds = cds.resized(size).sample(max_real_train, seed=seed, stratified=True)
             try:
                 sel_c = select_and_train(cds, val_fraction=VAL_FRACTION, seed=seed, families=families,
                                          cnn_epochs=cnn_epochs)

@@ -26,8 +26,7 @@ import numpy as np
 from synthfed.data import ImageDataset
 from synthfed.progress import Message, Progress, null_progress
 
-__all__ = ["FID_FEATURES", "FeatureSpace", "check_fid_features", "choose_features", "distribution_fidelity",
-           "stratified_subset"]
+__all__ = ["FID_FEATURES", "FeatureSpace", "check_fid_features", "choose_features", "distribution_fidelity"]
 
 FID_FEATURES = ("auto", "inception", "classifier", "none")
 # Images per set when no cap is given: Inception is slow on a CPU, the judge's features are not.
@@ -35,18 +34,6 @@ DEFAULT_MAX_IMAGES = {"inception": 500, "classifier": 2000}
 PR_K = 3
 INCEPTION_LABEL = "FID (InceptionV3)"
 CLASSIFIER_LABEL = "classifier-feature FID (SmallCNN, comparable only within this audit's real data)"
-
-
-def stratified_subset(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
-    """A stratified random subset of at most ``limit`` images (all of them when ``limit`` is None)."""
-    if limit is None or len(dataset) <= limit:
-        return dataset
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(dataset.labels)
-    stratify = dataset.labels if counts[counts > 0].min() >= 2 else None
-    keep, _ = train_test_split(np.arange(len(dataset)), train_size=int(limit), random_state=seed, stratify=stratify)
-    return dataset.subset(np.sort(keep))
 
 
 def check_fid_features(requested: str) -> None:
@@ -134,8 +121,8 @@ def distribution_fidelity(synthetic: ImageDataset, real_test: ImageDataset, spac
     upwards, so read it across classes of similar counts.
     """
     cap = int(max_images) if max_images is not None else DEFAULT_MAX_IMAGES[space.kind]
-    syn = stratified_subset(synthetic, cap, seed)
-    real = stratified_subset(real_test, cap, seed)
+    syn = synthetic.sample(cap, seed=seed, stratified=True)
+    real = real_test.sample(cap, seed=seed, stratified=True)
     progress(Message(f"distribution fidelity: {space.label} on {len(syn)} synthetic and {len(real)} real test images"))
     syn_f = _features(space, syn, cache=False, progress=progress)
     real_f = _features(space, real, cache=cache, progress=progress)

@@ -107,13 +107,6 @@ def per_example_losses(
     return (total / (len(timesteps) * draws)).numpy()
 
 
-def _balanced(dataset: ImageDataset, n: int, seed: int) -> ImageDataset:
-    if len(dataset) <= n:
-        return dataset
-    idx = np.sort(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False))
-    return dataset.subset(idx)
-
-
 def loss_threshold_mia(
     model: nn.Module,
     schedule: NoiseSchedule,
@@ -145,8 +138,8 @@ def loss_threshold_mia(
     if not steps or min(steps) < 0 or max(steps) >= schedule.num_train_timesteps:
         raise ValueError(f"timesteps must lie in [0, {schedule.num_train_timesteps})")
     n = min(int(max_examples), len(members), len(non_members))
-    mem = _balanced(members, n, seed)
-    non = _balanced(non_members, n, seed + 1)
+    mem = members.sample(n, seed=seed)
+    non = non_members.sample(n, seed=seed + 1)
     kw = dict(timesteps=steps, draws=draws, seed=seed, batch_size=batch_size)
     loss_in = per_example_losses(model, schedule, mem, **kw)
     loss_out = per_example_losses(model, schedule, non, **kw)

@@ -73,15 +73,6 @@ def _write_idx(images_or_labels: np.ndarray) -> bytes:
     return header + arr.tobytes()
 
 
-def _stratified(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    picks = []
-    for k in np.unique(labels):
-        idx = np.flatnonzero(labels == k)
-        picks.append(rng.choice(idx, min(per_class, len(idx)), replace=False))
-    return np.sort(np.concatenate(picks))
-
-
 @dataclass(frozen=True, eq=False)
 class PreparedData:
     spec: str  # the --data spec the cells train on
@@ -102,7 +93,7 @@ def prepare_data(data: DataSpec, out_dir: Path) -> PreparedData:
         parts = {}
         for split, ds, per_class in (("train", full_train, data.train_per_class), ("test", full_test, data.test_per_class)):
             if per_class is not None:
-                ds = ds.subset(_stratified(ds.labels, per_class, data.subset_seed + (split == "test")))
+                ds = ds.sample(per_class=per_class, seed=data.subset_seed + (split == "test"))
             parts[split] = ds
         folder = out_dir / "data"
         paths = {}
@@ -156,17 +147,17 @@ class Judge:
     @property
     def inception(self):
         if self._inception is None:
-            from synthfed.evaluate.fid import InceptionFeatures, capped_subset
+            from synthfed.evaluate.fid import InceptionFeatures
 
             self._inception = InceptionFeatures(batch_size=self.spec.inception_batch_size)
             cap = self.spec.inception_max_images
             # features kept (capped sets: a few MB) so that FID skips the 2048x2048 sqrtm
-            self.inc_train = self.cache.real_stats(capped_subset(self.data.train, cap), self._inception, progress=self.progress)
-            self.inc_test = self.cache.real_stats(capped_subset(self.data.test, cap), self._inception, progress=self.progress)
+            self.inc_train = self.cache.real_stats(self.data.train.sample(cap, seed=0), self._inception, progress=self.progress)
+            self.inc_test = self.cache.real_stats(self.data.test.sample(cap, seed=0), self._inception, progress=self.progress)
         return self._inception
 
     def measure(self, images: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict:
-        from synthfed.evaluate.fid import FeatureStats, capped_subset, fid_between, fid_from_features
+        from synthfed.evaluate.fid import FeatureStats, fid_between, fid_from_features
         from synthfed.evaluate.scores import (
             classifier_inception_score,
             kernel_inception_distance,
@@ -195,7 +186,7 @@ class Judge:
 
             inc = self.inception
             names = tuple(str(i) for i in range(int(labels.max()) + 1))
-            gen = capped_subset(ImageDataset(images, labels, names), self.spec.inception_max_images, seed=seed)
+            gen = ImageDataset(images, labels, names).sample(self.spec.inception_max_images, seed=seed)
             g = inc.features(gen.images, progress=self.progress)
             out["fid_train_inception"] = fid_from_features(g, self.inc_train.features)
             out["fid_test_inception"] = fid_from_features(g, self.inc_test.features)
@@ -208,8 +199,8 @@ class Judge:
         against the train set use test images and scores against the test set
         use train images, so that no image is compared with itself."""
         per_class = max(2, n // self.data.test.num_classes)
-        from_test = self.data.test.subset(_stratified(self.data.test.labels, per_class, seed=12345))
-        from_train = self.data.train.subset(_stratified(self.data.train.labels, per_class, seed=12345))
+        from_test = self.data.test.sample(per_class=per_class, seed=12345)
+        from_train = self.data.train.sample(per_class=per_class, seed=12345)
         out = self.measure(from_test.images, from_test.labels)
         other = self.measure(from_train.images, from_train.labels)
         for key in ("fid_test_cnn", "kid_test_cnn", "fid_test_inception"):

@@ -31,7 +31,7 @@ from synthfed.checkpoint import (MODEL_PRIVACY_FILE, client_file, latest_round_d
 from synthfed.config import PERSONALIZED_STRATEGIES
 from synthfed.dataset_folder import (IMAGES_DIR, LAYOUTS, load_generated, loading_section,  # noqa: F401  (load_generated: re-exported)
                                      readme_front_matter, write_images)
-from synthfed.diffusion import NoiseSchedule, model_eps_fn, sample, to_uint8
+from synthfed.diffusion import NoiseSchedule, model_eps_fn, pfdm_sample, sample, to_uint8
 from synthfed.errors import InputError, UsageError
 from synthfed.io import new_output_folder, refuse_non_empty, write_json_atomic
 from synthfed.model.presets import MODEL_META_FILE, ModelSpec, build_unet
@@ -306,8 +306,6 @@ def _sample_images(gen: LoadedGenerator, counts: list[int], *, sampler: str, num
     progress(TaskStarted("sample", f"sampling {len(labels)} images ({sampler}, {num_steps} steps)", len(labels)))
     for batch in labels.split(batch_size):
         if gen.handover is not None:
-            from synthfed.federated.pfdm import pfdm_sample
-
             shared, t0 = gen.handover
             x = pfdm_sample(
                 model_eps_fn(shared.to(device), guidance_scale=guidance_scale, null_label=spec.null_label),

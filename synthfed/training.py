@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from synthfed.checkpoint import remove_stale_temps
 from synthfed.config import TrainConfig
@@ -65,10 +64,7 @@ def load_federated_data(config: TrainConfig) -> FederatedData:
 def cap_client(config: TrainConfig, cid: int, data: ImageDataset) -> ImageDataset:
     """``--max-client-size``: a seeded random subset of client ``cid`` (its own
     stream), so a CPU-sized experiment keeps each client's class mix in expectation."""
-    if config.max_client_size is None or len(data) <= config.max_client_size:
-        return data
-    rng = np.random.default_rng([config.seed, 7919, cid])
-    return data.subset(np.sort(rng.permutation(len(data))[: config.max_client_size]))
+    return data.sample(config.max_client_size, seed=[config.seed, 7919, cid])
 
 
 def train(

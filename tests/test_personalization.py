@@ -13,7 +13,7 @@ from synthfed.config import TrainConfig
 from synthfed.diffusion import NoiseSchedule
 from synthfed.federated.backbone_head import BackboneHead
 from synthfed.federated.client import LocalTraining, client_update
-from synthfed.federated.pfdm import pfdm_sample
+from synthfed.diffusion import pfdm_sample
 from synthfed.federated.split import HEAD_PRESETS, SplitError, split_parameters
 from synthfed.federated.strategy import FitResult
 from synthfed.generation import generate_dataset, load_generator

@@ -104,6 +104,28 @@ class ImageDataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def sample(self, n: int | None = None, *, seed, per_class: int | None = None,
+               stratified: bool = False) -> "ImageDataset":
+        """The one seeded subset: at most ``n`` images drawn at random (with
+        ``stratified``, keeping the class mix), or at most ``per_class`` of each
+        class; rows stay in their order, and nothing drawn means nothing
+        dropped. ``seed``: an int or a sequence of ints (its own stream)."""
+        rng = np.random.default_rng(seed)
+        if per_class is not None:
+            picks = [rng.choice(idx, min(per_class, len(idx)), replace=False)
+                     for idx in (np.flatnonzero(self.labels == k) for k in np.unique(self.labels))]
+            return self.subset(np.sort(np.concatenate(picks)))
+        if n is None or len(self) <= n:
+            return self
+        if stratified:
+            from sklearn.model_selection import train_test_split
+
+            counts = np.bincount(self.labels)
+            strata = self.labels if counts[counts > 0].min() >= 2 else None
+            keep, _ = train_test_split(np.arange(len(self)), train_size=int(n), random_state=seed, stratify=strata)
+            return self.subset(np.sort(keep))
+        return self.subset(np.sort(rng.permutation(len(self))[:n]))
+
     def subset(self, indices) -> "ImageDataset":
         """Rows ``indices`` (array of ints or boolean mask), same classes and source."""
         idx = np.asarray(indices)

@@ -102,3 +102,35 @@ def run_chain(
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats to uint8 pixels."""
     return ((images.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def pfdm_sample(
+    shared_eps: EpsFn,
+    client_eps: EpsFn,
+    *,
+    labels: torch.Tensor,
+    image_shape: tuple[int, int, int],
+    schedule: NoiseSchedule,
+    t0: int,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    ddpm_variance: str = "fixed_small",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The shared model from T down to t0 (its sub-chain ends at x_{t0}), then
+    the client's model from t0 to 0. Steps are split in proportion to the
+    two stretches of the timeline."""
+    T = schedule.num_train_timesteps
+    high_len = T - t0 - 1
+    high_steps = max(1, min(high_len, round(num_steps * high_len / T)))
+    low_steps = max(1, min(t0 + 1, num_steps - high_steps))
+    x = torch.randn((labels.shape[0], *image_shape), generator=generator, device=labels.device)
+    high = schedule.sub_chain(start=t0 + 1)
+    # x_{t0} is a noisy image, not in [-1, 1]: no clipping of the sub-chain's "x0".
+    x = run_chain(shared_eps, x, scheduler=high.scheduler(sampler, clip_sample=False, variance_type=ddpm_variance),
+                  labels=labels, num_steps=high_steps, timestep_offset=high.offset, generator=generator)
+    low = schedule.sub_chain(start=0, stop=t0 + 1)
+    x = run_chain(client_eps, x, scheduler=low.scheduler(sampler, clip_sample=True, variance_type=ddpm_variance),
+                  labels=labels, num_steps=low_steps, generator=generator)
+    return x.clamp(-1.0, 1.0)

@@ -324,15 +324,6 @@ class ClassifierFeatures:
         return self.outputs(images)[0]
 
 
-def capped_subset(dataset: "ImageDataset", max_images: int | None, *, seed: int = 0) -> "ImageDataset":
-    """A fixed (seeded) random subset of at most ``max_images`` images, e.g. to bound
-    Inception's cost; the dataset itself when it is small enough."""
-    if max_images is None or len(dataset) <= max_images:
-        return dataset
-    idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:max_images])
-    return dataset.subset(idx)
-
-
 def images_per_second(extractor: FeatureExtractor, images: np.ndarray) -> float:
     """Throughput of one ``features`` call (benchmarks)."""
     import time

@@ -23,8 +23,7 @@ import torch
 from synthfed.checkpoint import load_round
 from synthfed.config import TrainConfig
 from synthfed.data import FederatedData
-from synthfed.diffusion.sampling import EpsFn, run_chain
-from synthfed.diffusion.schedule import NoiseSchedule
+from synthfed.diffusion.sampling import pfdm_sample  # noqa: F401  (re-exported: the hand-over sampler lives in diffusion/)
 from synthfed.federated.client import LocalTraining, client_update
 from synthfed.federated.in_process import InProcessTransport
 from synthfed.federated.loop import RoundLoop, ServerState, TrainResult
@@ -254,35 +253,3 @@ def _pooled_uploads(config: TrainConfig, fed: FederatedData, ledger: PrivacyLedg
         if not recorded:
             record_uploads(client_ledger, config, t0=t0, clip=clip, alpha_bar_t0=alpha_bar_t0)
     return torch.cat(uploads), torch.cat(upload_labels)
-
-
-@torch.no_grad()
-def pfdm_sample(
-    shared_eps: EpsFn,
-    client_eps: EpsFn,
-    *,
-    labels: torch.Tensor,
-    image_shape: tuple[int, int, int],
-    schedule: NoiseSchedule,
-    t0: int,
-    sampler: str = "ddim",
-    num_steps: int = 50,
-    ddpm_variance: str = "fixed_small",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """The shared model from T down to t0 (its sub-chain ends at x_{t0}), then
-    the client's model from t0 to 0. Steps are split in proportion to the
-    two stretches of the timeline."""
-    T = schedule.num_train_timesteps
-    high_len = T - t0 - 1
-    high_steps = max(1, min(high_len, round(num_steps * high_len / T)))
-    low_steps = max(1, min(t0 + 1, num_steps - high_steps))
-    x = torch.randn((labels.shape[0], *image_shape), generator=generator, device=labels.device)
-    high = schedule.sub_chain(start=t0 + 1)
-    # x_{t0} is a noisy image, not in [-1, 1]: no clipping of the sub-chain's "x0".
-    x = run_chain(shared_eps, x, scheduler=high.scheduler(sampler, clip_sample=False, variance_type=ddpm_variance),
-                  labels=labels, num_steps=high_steps, timestep_offset=high.offset, generator=generator)
-    low = schedule.sub_chain(start=0, stop=t0 + 1)
-    x = run_chain(client_eps, x, scheduler=low.scheduler(sampler, clip_sample=True, variance_type=ddpm_variance),
-                  labels=labels, num_steps=low_steps, generator=generator)
-    return x.clamp(-1.0, 1.0)
