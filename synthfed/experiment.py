@@ -32,13 +32,13 @@ import json
 import math
 import os
 import shutil
-import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from synthfed.data.idx import write_idx
 from synthfed.experiment_config import (
     Cell,
     DataSpec,
@@ -67,12 +67,6 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- data
-def _write_idx(images_or_labels: np.ndarray) -> bytes:
-    arr = np.ascontiguousarray(images_or_labels, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return header + arr.tobytes()
-
-
 @dataclass(frozen=True, eq=False)
 class PreparedData:
     spec: str  # the --data spec the cells train on
@@ -103,7 +97,7 @@ def prepare_data(data: DataSpec, out_dir: Path) -> PreparedData:
                 raise ExperimentConfigError("train_per_class/test_per_class support at most 256 classes")
             for what, arr in (("images", pixels), ("labels", ds.labels)):
                 path = folder / f"{split}-{what}.idx"
-                blob = _write_idx(arr)
+                blob = write_idx(arr)
                 if not path.is_file() or path.read_bytes() != blob:
                     write_bytes_atomic(path, blob)
                 paths[f"{split}-{what}"] = str(path.resolve())

@@ -11,13 +11,13 @@ mixed colour modes converted with a DataNote).
 """
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .dataset import DataError, ImageDataset, SourceSpecError, concat
+from .idx import read_idx
 from .images import read_images
 from .labels import check_empty_folders, check_folder_names, check_indices, csv_class_names, csv_label_indices
 
@@ -75,39 +75,6 @@ def load_digits(*, split: str = "train", size: int | None = 16, test_fraction: f
 
 
 # --------------------------------------------------------------------------- idx
-_IDX_DTYPES = {0x08: np.uint8}
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """Parse one idx file (gzip detected by content, not by extension)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: corrupt gzip data ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path}: not an idx file (bad magic number {raw[:4].hex() or 'empty'})")
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in _IDX_DTYPES:
-        raise DataError(f"{path}: unsupported idx element type 0x{type_code:02x} (only unsigned bytes 0x08)")
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path}: truncated idx header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected:
-        raise DataError(f"{path}: idx header declares shape {dims} ({expected} bytes) "
-                        f"but the file has {len(raw)} bytes")
-    return np.frombuffer(raw, dtype=_IDX_DTYPES[type_code], offset=header).reshape(dims)
-
-
 def _idx_names(labels: np.ndarray, labels_path: Path, class_names, *, allow_empty: bool) -> tuple[str, ...]:
     """Declared ``class_names`` (labels in range), else "0".."max" with every class used."""
     def where(i: int) -> str:
@@ -131,8 +98,8 @@ def load_idx(images_path, labels_path, *, class_names=None, source: str = "",
     have an image unless ``allow_empty_classes`` (a gap means a bad label).
     """
     images_path, labels_path = Path(images_path), Path(labels_path)
-    images = _read_idx(images_path)
-    labels = _read_idx(labels_path)
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[3] in (1, 3):
@@ -337,7 +304,7 @@ def load_source(spec: str, *, split: str = "train", allow_empty_classes: bool = 
             lambda: load_idx(p[0], p[1], source=f"idx:{p[0]}", allow_empty_classes=allow, square=True),
             (lambda names: load_idx(p[2], p[3], class_names=names, source=f"idx:{p[2]}", square=True))
             if len(p) == 4 else None,
-            lambda: _idx_names(_read_idx(Path(p[1])).astype(np.int64), Path(p[1]), None, allow_empty=allow),
+            lambda: _idx_names(read_idx(Path(p[1])).astype(np.int64), Path(p[1]), None, allow_empty=allow),
             no_test=f"{spec!r} has no test split: pass idx:IMAGES,LABELS,TEST_IMAGES,TEST_LABELS",
         )
     if kind == "folder" and arg:
