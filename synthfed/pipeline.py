@@ -15,7 +15,7 @@ PIL and diffusers): it must run where synthfed is not installed. Its sampling
 loop is therefore its own, not ``synthfed.diffusion.sample``; it does the
 same arithmetic in the same order (one generator, labels in the given order
 split into batches, DDIM with eta 0, the same guidance rule and pixel
-rounding), and ``tests/test_export.py`` checks that it reproduces
+rounding), and ``tests/integration/test_export.py`` checks that it reproduces
 ``synthfed generate`` pixel for pixel.
 
 Classifier-free guidance follows synthfed's convention,

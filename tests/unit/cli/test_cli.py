@@ -1,5 +1,5 @@
 """The command line: a bad value ends with one line and exit code 2, bad data with exit code 1; the happy path works.
-(Every other error path: tests/test_cli_errors.py.)"""
+(Every other error path: tests/unit/cli/test_cli_errors.py.)"""
 
 import csv
 import json

@@ -10,7 +10,7 @@ import pytest
 
 import synthfed
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _python_block(heading: str) -> str:

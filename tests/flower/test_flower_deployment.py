@@ -15,6 +15,7 @@ import time
 import pytest
 
 pytest.importorskip("flwr")
+pytestmark = pytest.mark.slow  # real processes: minutes (pytest -m "not slow" leaves them out)
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
