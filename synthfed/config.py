@@ -168,6 +168,12 @@ class TrainConfig:
             self.clients_per_round(self.num_clients)
         need(self.num_train_timesteps >= 2, "--timesteps must be at least 2")
         need(0 < self.beta_start < self.beta_end < 1, "need 0 < beta-start < beta-end < 1")
+        self._check_dp_sgd(need)
+        self._check_warm_start(need)
+        self._check_personalization(need)
+        return self
+
+    def _check_dp_sgd(self, need) -> None:
         need(self.noise_multiplicity >= 1, "--noise-multiplicity must be at least 1")
         need(self.max_grad_norm > 0, "--max-grad-norm must be positive")
         need(self.epsilon is None or self.epsilon > 0, "--epsilon must be positive")
@@ -180,7 +186,8 @@ class TrainConfig:
         need(self.physical_batch_size is None or self.physical_batch_size >= 1, "--physical-batch-size must be at least 1")
         need(self.physical_batch_size is None or self.epsilon is not None or self.local_epsilon is not None,
              "--physical-batch-size only applies to DP-SGD (give --epsilon)")
-        self._check_warm_start(need)
+
+    def _check_personalization(self, need) -> None:
         need(self.head_epochs >= 1, "--head-epochs must be at least 1")
         need(self.clip_norm is None or self.clip_norm > 0, "--clip-norm must be positive")
         need(self.upload_copies >= 1, "--upload-copies must be at least 1")
@@ -199,7 +206,6 @@ class TrainConfig:
             for name, value in (("--t0", self.t0), ("--label-epsilon", self.label_epsilon), ("--local-epsilon", self.local_epsilon)):
                 need(value is None, f"{name} applies to --strategy pfdm only")
             need(not self.public_labels, "--public-labels applies to --strategy pfdm only")
-        return self
 
     def _check_warm_start(self, need) -> None:
         need(self.warm_start in WARM_STARTS, f"--warm-start must be one of {', '.join(WARM_STARTS)}")

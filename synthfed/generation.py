@@ -243,18 +243,10 @@ def generate_dataset(
     valid-looking name, a failure removes the partial folder, and nothing that
     was there before (an existing ``out_dir`` is refused unless empty) is ever
     removed."""
-    from synthfed.card import NonPrivateOutputRefused, build_card, manifest_stamp, render_card_md
+    from synthfed.card import build_card, manifest_stamp, render_card_md
 
     out_dir = Path(out_dir)
-    if layout not in LAYOUTS:
-        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-    refuse_non_empty(out_dir)
-    dp = bool(gen.privacy.get("differentially_private"))
-    if not dp and not allow_non_private:
-        raise NonPrivateOutputRefused(
-            f"refusing to write a dataset that is not differentially private ({gen.privacy.get('statement')}); "
-            "pass --allow-non-private to write it stamped 'NOT differentially private'"
-        )
+    _check_request(gen, out_dir, layout=layout, allow_non_private=allow_non_private)
     spec = gen.spec
     counts = list(counts) if counts is not None else [per_class] * spec.num_classes
     # The card first: a refusal (e.g. real counts under a DP claim) costs no sampling.
@@ -274,6 +266,21 @@ def generate_dataset(
         (tmp / "README.md").write_text(readme_front_matter(card, len(labels)) + render_card_md(card)
                                        + loading_section(layout, spec.class_names))
     return out_dir
+
+
+def _check_request(gen: LoadedGenerator, out_dir: Path, *, layout: str, allow_non_private: bool) -> None:
+    """The cheap refusals, before any sampling: a bad layout, a taken folder,
+    a dataset not covered by DP without the flag."""
+    from synthfed.card import NonPrivateOutputRefused
+
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    refuse_non_empty(out_dir)
+    if not gen.privacy.get("differentially_private") and not allow_non_private:
+        raise NonPrivateOutputRefused(
+            f"refusing to write a dataset that is not differentially private ({gen.privacy.get('statement')}); "
+            "pass --allow-non-private to write it stamped 'NOT differentially private'"
+        )
 
 
 def _released_source(gen: LoadedGenerator, out_dir: Path) -> dict:

@@ -155,54 +155,17 @@ def client_update(
     model.to(device).train()
     ema = {k: v.detach().clone().to(device) for k, v in ema.items()}
     make_stepper = stepper_factory or (lambda m: PlainStepper(m, lr=plan.lr, batch_size=plan.batch_size))
-    acp = alphas_cumprod.to(device)
-    n = images.shape[0]
-
-    def rows_loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-        x_rows, y_rows, t, noise = draw_rows(
-            x,
-            y,
-            num_train_timesteps=acp.numel(),
-            multiplicity=plan.multiplicity,
-            generator=generator,
-            timestep_range=plan.timestep_range,
-        )
-        y_rows = drop_labels(y_rows, null_label=plan.null_label, probability=plan.label_dropout, generator=generator)
-        with autocast_context(plan.precision, device):
-            rows = rows_loss(model, x_rows, y_rows, t, noise, acp, timestep_offset=plan.timestep_offset)
-        return rows.float(), plan.multiplicity
-
-    steps = 0
-    losses: list[float] = []
-    mechanisms: list = []
+    run = _Run(model=model, ema=ema, ema_step=ema_step, images=images, labels=labels, plan=plan, device=device,
+               generator=generator, loss_fn=_rows_loss_fn(model, plan, alphas_cumprod.to(device), generator, device),
+               progress=progress, task_key=task_key)
     params = dict(model.named_parameters())
     try:
         for phase, epochs, trainable in plan.phase_list():
             for name, p in params.items():
                 p.requires_grad_(trainable is None or name in trainable)
             stepper = make_stepper(model)
-            phase_steps = 0
             try:
-                per_epoch = stepper.steps_per_epoch(n)
-                if plan.steps is not None:
-                    epochs = math.ceil(plan.steps / per_epoch)
-                for epoch in range(epochs):
-                    label = f"epoch {epoch + 1}/{epochs}" + ("" if phase == "all" else f" ({phase})")
-                    todo = per_epoch if plan.steps is None else min(per_epoch, plan.steps - phase_steps)
-                    progress(TaskStarted(task_key, label, todo))
-                    for idx in itertools.islice(stepper.batch_indices(n, generator), todo):
-                        x = images[idx.to(images.device)].to(device)
-                        y = labels[idx.to(labels.device)].to(device)
-                        loss = stepper.step(rows_loss_fn, x, y)
-                        phase_steps += 1
-                        if not math.isnan(loss):
-                            losses.append(loss)
-                        ema_update(ema, model.state_dict(), decay=ema_decay(plan.ema_decay, ema_step))
-                        ema_step += 1
-                        progress(TaskAdvanced(task_key, 1, {"loss": loss}))
-                    progress(TaskFinished(task_key))
-                mechanisms.extend(stepper.mechanisms(phase_steps))
-                steps += phase_steps
+                run.phase(stepper, phase, epochs)
             finally:
                 stepper.close()
     finally:
@@ -211,12 +174,74 @@ def client_update(
     new_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return LocalUpdate(
         state=new_state,
-        ema={k: v.to("cpu") for k, v in ema.items()},
-        ema_step=ema_step,
-        num_examples=n,
-        metrics={"loss": sum(losses) / len(losses) if losses else float("nan"), "steps": steps},
-        mechanisms=mechanisms,
+        ema={k: v.to("cpu") for k, v in run.ema.items()},
+        ema_step=run.ema_step,
+        num_examples=images.shape[0],
+        metrics={"loss": sum(run.losses) / len(run.losses) if run.losses else float("nan"), "steps": run.steps},
+        mechanisms=run.mechanisms,
     )
+
+
+def _rows_loss_fn(model: nn.Module, plan: LocalTraining, acp: torch.Tensor, generator: torch.Generator,
+                  device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]:
+    """Per-row losses of a batch: (t, noise) draws, label dropout, then the model."""
+    def rows_loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        x_rows, y_rows, t, noise = draw_rows(x, y, num_train_timesteps=acp.numel(), multiplicity=plan.multiplicity,
+                                             generator=generator, timestep_range=plan.timestep_range)
+        y_rows = drop_labels(y_rows, null_label=plan.null_label, probability=plan.label_dropout, generator=generator)
+        with autocast_context(plan.precision, device):
+            rows = rows_loss(model, x_rows, y_rows, t, noise, acp, timestep_offset=plan.timestep_offset)
+        return rows.float(), plan.multiplicity
+
+    return rows_loss_fn
+
+
+@dataclass
+class _Run:
+    """One client_update in progress: what its phases advance."""
+
+    model: nn.Module
+    ema: State
+    ema_step: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    plan: LocalTraining
+    device: torch.device
+    generator: torch.Generator
+    loss_fn: Callable
+    progress: Progress
+    task_key: str
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    mechanisms: list = field(default_factory=list)
+
+    def phase(self, stepper: "Stepper", phase: str, epochs: int) -> None:
+        """A phase's epochs (or ``plan.steps`` steps), then its mechanisms."""
+        n, plan = self.images.shape[0], self.plan
+        per_epoch = stepper.steps_per_epoch(n)
+        if plan.steps is not None:
+            epochs = math.ceil(plan.steps / per_epoch)
+        phase_steps = 0
+        for epoch in range(epochs):
+            label = f"epoch {epoch + 1}/{epochs}" + ("" if phase == "all" else f" ({phase})")
+            todo = per_epoch if plan.steps is None else min(per_epoch, plan.steps - phase_steps)
+            self.progress(TaskStarted(self.task_key, label, todo))
+            for idx in itertools.islice(stepper.batch_indices(n, self.generator), todo):
+                self.step(stepper, idx)
+                phase_steps += 1
+            self.progress(TaskFinished(self.task_key))
+        self.mechanisms.extend(stepper.mechanisms(phase_steps))
+        self.steps += phase_steps
+
+    def step(self, stepper: "Stepper", idx: torch.Tensor) -> None:
+        x = self.images[idx.to(self.images.device)].to(self.device)
+        y = self.labels[idx.to(self.labels.device)].to(self.device)
+        loss = stepper.step(self.loss_fn, x, y)
+        if not math.isnan(loss):
+            self.losses.append(loss)
+        ema_update(self.ema, self.model.state_dict(), decay=ema_decay(self.plan.ema_decay, self.ema_step))
+        self.ema_step += 1
+        self.progress(TaskAdvanced(self.task_key, 1, {"loss": loss}))
 
 
 def client_round(
