@@ -1,10 +1,11 @@
-"""The Flower engine: the simulation's round loop, with nodes instead of calls.
+"""The Flower engine: the one round loop (``synthfed.federated.loop``) over nodes.
 
-``FlowerServer`` drives the same ``Strategy`` (``configure_fit`` /
-``aggregate_fit``) and writes the same run directory as the in-process engine;
-only the client call goes over Flower's ``Grid``. Same seeds, same sampling,
-same client code, and results aggregated in client-id order, so a Flower run
-gives the simulation's weights (SecAgg+ quantizes: within its stated step).
+``FlowerServer`` keeps track of the nodes (which node is which client, who is
+alive, what each told about itself), opens the run directory the way the
+simulation does (``synthfed.run_dir``), and runs ``RoundLoop`` with a Flower
+transport (``synthfed.flower.transport``): the same ``Strategy``, the same
+seeds, the same client code and aggregation in client-id order, so a Flower
+run gives the simulation's weights (SecAgg+ quantizes: within its stated step).
 
 What the server holds: the shared weights, the round history, and per node
 only what ``query`` returned (id, size, shape, class names). It never holds a
