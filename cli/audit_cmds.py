@@ -67,6 +67,7 @@ def _check_dataset_dir(path: Path, what: str) -> None:
         raise InputError(f"{what} {path}: not a generated dataset (no manifest.csv); make one with `synthfed generate`")
 
 
+# typer declares each option in the signature, so the parameter list is the command's option table.
 def audit(
     dataset_dir: Path = typer.Argument(..., metavar="DATASET_DIR", help="A generated dataset folder (manifest.csv + images, from `synthfed generate`)."),
     data: Optional[str] = typer.Option(None, "--data", metavar="SPEC", help="The real data the model was trained on, as for train --data (its test split is the yardstick). Required."),
@@ -90,42 +91,16 @@ def audit(
     """Audit a synthetic dataset: downstream utility on real test data, fairness across classes, sites and attribute groups, FID and precision/recall, memorization and membership inference."""
     from synthfed.cli.render import RichProgress
     from synthfed.fairness.audit import run_audit
-    from synthfed.fairness.classifiers import FAMILIES
 
     real = _real_spec(data, real)
     _check_fid_options(fid_features, fid_max_images)
-    families = tuple(f.strip() for f in classifiers.split(",") if f.strip())
-    if not families or any(f not in FAMILIES for f in families):
-        raise UsageError(f"--classifiers must be a comma-separated subset of {', '.join(FAMILIES)}, not {classifiers!r}")
-    try:
-        epochs = tuple(int(e) for e in cnn_epochs.split(",") if e.strip())
-    except ValueError:
-        epochs = ()
-    if not epochs or min(epochs) < 1:
-        raise UsageError(f"--cnn-epochs must be positive whole numbers like 3,10, not {cnn_epochs!r}")
-    if judge_epochs < 1:
-        raise UsageError("--judge-epochs must be at least 1")
-    if max_real_train is not None and max_real_train < 20:
-        raise UsageError("--max-real-train must be at least 20")
-    _check_dataset_dir(dataset_dir, "dataset")
+    families = _parse_families(classifiers)
+    epochs = _parse_cnn_epochs(cnn_epochs)
+    _check_budgets(judge_epochs, max_real_train)
     compare = list(compare or [])
-    for c in compare:
-        _check_dataset_dir(c, "--compare dataset")
-    if run is not None and not (run / "run.json").is_file():
-        raise InputError(f"--run {run}: not a synthfed run directory (no run.json)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir}: exists and is not a directory")
-    names = _unique_names([dataset_dir, *compare])
-    if reference is not None and reference not in names:
-        raise UsageError(f"--reference {reference!r} is not one of the audited datasets: {', '.join(names)}")
-    if reference is not None and not compare:
-        raise UsageError("--reference needs --compare")
-    from synthfed.fairness.release import check_report_dir
-
-    try:  # before any long work: a report inside the dataset or a run would ship with it
-        check_report_dir(out_dir, datasets=[dataset_dir, *compare], run=run)
-    except ValueError as exc:  # it checks the --out option: a usage error
-        raise UsageError(str(exc)) from None
+    _check_folders(dataset_dir, compare, run, out_dir)
+    names = _dataset_names([dataset_dir, *compare], reference)
+    _check_out_dir(out_dir, [dataset_dir, *compare], run)
 
     common = dict(real=real, seed=seed, families=families, cnn_epochs=epochs, judge_epochs=judge_epochs,
                   max_real_train=max_real_train, mia=not no_mia, include_real_images=include_real_images,
@@ -136,28 +111,98 @@ def audit(
             others[name] = run_audit(c, out_dir=out_dir / "compared" / name, name=name, progress=progress, **common)
         report = run_audit(dataset_dir, out_dir=out_dir, run_dir=run, name=names[0], compare_with=others or None,
                            reference=reference, progress=progress, **common)
+    _print_report(report, out_dir, include_real_images=include_real_images)
+    _gate(report, fail_on)
 
+
+# --------------------------------------------------------------------------- checks, before any long work
+def _parse_families(classifiers: str) -> tuple[str, ...]:
+    """--classifiers as a tuple of known families."""
+    from synthfed.fairness.classifiers import FAMILIES
+
+    families = tuple(f.strip() for f in classifiers.split(",") if f.strip())
+    if not families or any(f not in FAMILIES for f in families):
+        raise UsageError(f"--classifiers must be a comma-separated subset of {', '.join(FAMILIES)}, not {classifiers!r}")
+    return families
+
+
+def _parse_cnn_epochs(cnn_epochs: str) -> tuple[int, ...]:
+    """--cnn-epochs as a tuple of positive whole numbers."""
+    try:
+        epochs = tuple(int(e) for e in cnn_epochs.split(",") if e.strip())
+    except ValueError:
+        epochs = ()
+    if not epochs or min(epochs) < 1:
+        raise UsageError(f"--cnn-epochs must be positive whole numbers like 3,10, not {cnn_epochs!r}")
+    return epochs
+
+
+def _check_budgets(judge_epochs: int, max_real_train: Optional[int]) -> None:
+    """--judge-epochs and --max-real-train are large enough to train anything."""
+    if judge_epochs < 1:
+        raise UsageError("--judge-epochs must be at least 1")
+    if max_real_train is not None and max_real_train < 20:
+        raise UsageError("--max-real-train must be at least 20")
+
+
+def _check_folders(dataset_dir: Path, compare: list[Path], run: Optional[Path], out_dir: Path) -> None:
+    """The datasets, the run and --out are what the options say they are."""
+    _check_dataset_dir(dataset_dir, "dataset")
+    for c in compare:
+        _check_dataset_dir(c, "--compare dataset")
+    if run is not None and not (run / "run.json").is_file():
+        raise InputError(f"--run {run}: not a synthfed run directory (no run.json)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a directory")
+
+
+def _dataset_names(dirs: list[Path], reference: Optional[str]) -> list[str]:
+    """The audited datasets' names in the report (the first is the audited one); --reference must be one of them."""
+    names = _unique_names(dirs)
+    if reference is not None and reference not in names:
+        raise UsageError(f"--reference {reference!r} is not one of the audited datasets: {', '.join(names)}")
+    if reference is not None and len(dirs) < 2:
+        raise UsageError("--reference needs --compare")
+    return names
+
+
+def _check_out_dir(out_dir: Path, datasets: list[Path], run: Optional[Path]) -> None:
+    """--out lies outside the audited datasets, the run and any other dataset or run folder."""
+    from synthfed.fairness.release import check_report_dir
+
+    try:  # before any long work: a report inside the dataset or a run would ship with it
+        check_report_dir(out_dir, datasets=datasets, run=run)
+    except ValueError as exc:  # it checks the --out option: a usage error
+        raise UsageError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- printing
+def _print_report(report: dict, out_dir: Path, *, include_real_images: bool) -> None:
+    """The verdicts, FID and the attack, the comparison, where the files are, and the personal-data warning."""
     for key in ("utility", "fairness", "privacy"):
         s = report["summary"][key]
         style = {"ok": "green", "warning": "yellow", "alert": "red"}[s["level"]]
         out.print(f"[bold {style}]{key} ({s['level']})[/bold {style}]: {s['text']}")
     _print_extras(report)
     if report.get("comparison"):
-        comp = report["comparison"]
-        table = Table(title=f"comparison (bias reduction vs {comp['reference']})")
-        cols = ["metric", *comp["columns"]]
-        for col in cols:
-            table.add_column(col, justify="left" if col in ("metric", "direction") else "right")
-        for r in comp["table"]:
-            none = "inf (not DP)" if r["metric"] == "epsilon" else "-"
-            table.add_row(*(r[c] if isinstance(r[c], str) else (none if r[c] is None else f"{r[c]:.3g}") for c in cols))
-        out.print(table)
+        _print_comparison(report["comparison"])
     out.print(f"report: {out_dir / 'report.html'}")
     out.print(f"data: {out_dir / 'report.json'} and CSV tables in {out_dir}")
     if include_real_images:
         err.print("[bold red]warning:[/bold red] the report contains personal data (real training images and class "
                   "histogram): do not share it", soft_wrap=True)
-    _gate(report, fail_on)
+
+
+def _print_comparison(comp: dict) -> None:
+    """The comparison table: one row per metric, one column per dataset, and the metric's direction."""
+    table = Table(title=f"comparison (bias reduction vs {comp['reference']})")
+    cols = ["metric", *comp["columns"]]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("metric", "direction") else "right")
+    for r in comp["table"]:
+        none = "inf (not DP)" if r["metric"] == "epsilon" else "-"
+        table.add_row(*(r[c] if isinstance(r[c], str) else (none if r[c] is None else f"{r[c]:.3g}") for c in cols))
+    out.print(table)
 
 
 def _print_extras(report: dict) -> None:

@@ -22,7 +22,6 @@ Selection code never receives it (``select_and_train`` takes only the training s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -36,28 +35,32 @@ from synthfed.fairness.audit_inputs import (
     audit_output,
     note_real_resized,
     resolve_run,
-    stamp_real_warning,
     training_data,
 )
-from synthfed.fairness.classifiers import DEFAULT_FAMILIES, select_and_train
-from synthfed.fairness.metrics import (
-    bias_reduction,
-    classification_metrics,
-    confusion,
-    label_fidelity,
-    tv_distance,
+from synthfed.fairness.audit_steps import (
+    dataset_section,
+    fairness_section,
+    finish_report,
+    membership_attack,
+    privacy_section,
+    real_section,
+    train_judge,
+    utility_section,
 )
-from synthfed.fairness.comparison import COMPARE_METRICS, jsonable, compare_audits, headline_metrics
+from synthfed.fairness.classifiers import DEFAULT_FAMILIES, select_and_train
+from synthfed.fairness.metrics import classification_metrics
+from synthfed.fairness.comparison import COMPARE_METRICS, compare_audits, headline_metrics
 from synthfed.fairness.distribution import check_fid_features, choose_features, distribution_fidelity
 from synthfed.fairness.groups import audit_groups
-from synthfed.fairness.privacy_report import privacy_card
-from synthfed.fairness.release import check_report_dir, public_source, public_spec, scrub_local_paths
-from synthfed.fairness.verdict import area_summaries
+from synthfed.fairness.release import check_report_dir
 from synthfed.progress import Message, Progress, TaskAdvanced, TaskFinished, TaskStarted, null_progress
 
 __all__ = ["COMPARE_METRICS", "REAL_MISMATCH_FLAG", "compare_audits", "headline_metrics", "run_audit"]
 
 VAL_FRACTION = 0.2
+# The audit's steps as its progress bar counts them.
+STEPS = ("load", "tstr", "baselines", "fidelity", "distribution", "groups", "memorization", "membership",
+         "report")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -74,30 +77,6 @@ def _metrics_row(name: str, kind: str, selection, test: ImageDataset, train_size
         "num_val": selection.num_val,
     })
     return row, pred
-
-
-def _requested_counts(card: dict, synthetic: ImageDataset) -> tuple[np.ndarray, str]:
-    """The class histogram the user asked for: the card's ``counts`` when present, else the manifest's labels."""
-    counts = card.get("counts")
-    names = synthetic.class_names
-    if isinstance(counts, dict) and counts:
-        try:
-            return np.array([float(counts.get(n, 0)) for n in names]), "card counts"
-        except (TypeError, ValueError):
-            pass
-    if isinstance(counts, (list, tuple)) and len(counts) == len(names):
-        try:
-            return np.array([float(c) for c in counts]), "card counts"
-        except (TypeError, ValueError):
-            pass
-    return synthetic.class_counts().astype(float), "manifest labels"
-
-
-def _train_source(train_set: ImageDataset, real: str) -> str:
-    """Where the real training images came from, without local paths."""
-    if str(train_set.source).startswith("pooled clients of run "):
-        return str(train_set.source)
-    return f"the training split of {public_spec(real)}"
 
 
 def _load_inputs(dataset_dir: Path, real: str, run_dir, allow_real_mismatch: bool, notes: list[str]) -> AuditInputs:
@@ -136,6 +115,77 @@ def _load_inputs(dataset_dir: Path, real: str, run_dir, allow_real_mismatch: boo
         train_set = ImageDataset(pooled.images, pooled.labels, pooled.class_names,
                                  f"pooled clients of run {run.resolve().name}")
     return AuditInputs(synthetic, card, real_test, train_set, run, fed, warning, real_native.image_shape[1:])
+
+
+# --------------------------------------------------------------------------- utility
+# (Here, not in audit_steps: tests swap this module's ``select_and_train`` to watch selection.)
+def _tstr(synthetic: ImageDataset, real_test: ImageDataset, *, seed: int, families, cnn_epochs,
+          progress: Progress) -> tuple[object, dict, np.ndarray]:
+    """Train-on-synthetic, test-on-real: (the chosen model, its metrics row, its real-test predictions)."""
+    progress(Message("training downstream classifiers on the synthetic set (selection on a synthetic validation split)"))
+    sel = select_and_train(synthetic, val_fraction=VAL_FRACTION, seed=seed, families=families, cnn_epochs=cnn_epochs)
+    row, pred = _metrics_row("synthetic (TSTR)", "synthetic", sel, real_test, len(synthetic))
+    return sel.model, row, pred
+
+
+def _real_baselines(inputs: AuditInputs, *, max_real_train, seed: int, families, cnn_epochs, notes: list[str],
+                    progress: Progress) -> tuple[ImageDataset, list[dict], np.ndarray]:
+    """Classifiers trained on real data, tested on the real test split: all clients pooled (first row), then
+    each client alone. Returns the (capped) pooled training set, the rows and the pooled model's predictions."""
+    progress(Message("training real-data baselines"))
+    train_set, real_test, fed = inputs.train_set, inputs.real_test, inputs.fed
+    choice = dict(val_fraction=VAL_FRACTION, seed=seed, families=families, cnn_epochs=cnn_epochs)
+    fit_set = train_set.sample(max_real_train, seed=seed, stratified=True)
+    if len(fit_set) < len(train_set):
+        notes.append(f"Speed cap: the pooled real baseline and the label-fidelity judge were trained on a stratified "
+                     f"{len(fit_set)} of the {len(train_set)} real training images (--max-real-train).")
+    sel_real = select_and_train(fit_set, **choice)
+    pooled_row, pooled_pred = _metrics_row("real, all clients pooled", "real_pooled", sel_real, real_test, len(fit_set))
+    baselines = [pooled_row]
+    if fed is not None and fed.num_clients > 1:
+        for cname, cds in zip(fed.client_names, fed.clients):
+            cds = cds.resized(inputs.synthetic.image_shape[1]).sample(max_real_train, seed=seed, stratified=True)
+            try:
+                sel_c = select_and_train(cds, **choice)
+            except DataError as exc:
+                notes.append(f"baseline {cname} alone skipped: {exc}")
+                continue
+            baselines.append(_metrics_row(f"real, {cname} alone", "real_client", sel_c, real_test, len(cds))[0])
+    return fit_set, baselines, pooled_pred
+
+
+def _distribution(inputs: AuditInputs, fid_features: str, *, judge, judge_set: ImageDataset, judge_epochs: int,
+                  max_images, seed: int, notes: list[str], progress: Progress) -> dict:
+    """Distribution fidelity (FID, precision/recall) in the chosen feature space, or why it was skipped."""
+    space = choose_features(fid_features, judge=judge, judge_set=judge_set, judge_epochs=judge_epochs, seed=seed,
+                            notes=notes)
+    if space is None:
+        return {"skipped": "disabled"}
+    return distribution_fidelity(inputs.synthetic, inputs.real_test, space, max_images=max_images, seed=seed,
+                                 progress=progress)
+
+
+def _settings(*, seed: int, families, cnn_epochs, judge_epochs: int, max_real_train, fid_features: str) -> dict:
+    """The audit's settings as the report records them."""
+    return {
+        "seed": seed,
+        "families": list(families),
+        "cnn_epochs": list(cnn_epochs),
+        "val_fraction": VAL_FRACTION,
+        "selection": "best validation accuracy on a stratified split of each training set; never the real test set",
+        "judge_epochs": judge_epochs,
+        "max_real_train": max_real_train,
+        "fid_features": fid_features,
+    }
+
+
+def _write(report: dict, out_dir, inputs: AuditInputs, *, include_real_images: bool) -> None:
+    """report.html, report.json and the CSV tables (nothing when ``out_dir`` is None)."""
+    if out_dir is not None:
+        from synthfed.fairness.report import write_report
+
+        write_report(report, out_dir, synthetic=inputs.synthetic,
+                     train=inputs.train_set if include_real_images else None, holdout=inputs.real_test)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -203,197 +253,56 @@ def _audit(dataset_dir: Path, *, real, out_dir, run_dir, seed, families, cnn_epo
     """The audit itself (``run_audit`` has checked ``out_dir`` and cleans up after a failure)."""
     from synthfed.privacy.memorization import nearest_neighbour_audit
 
-    steps = ["load", "tstr", "baselines", "fidelity", "distribution", "groups", "memorization", "membership", "report"]
-    progress(TaskStarted("audit", f"auditing {dataset_dir.name}", len(steps)))
+    progress(TaskStarted("audit", f"auditing {dataset_dir.name}", len(STEPS)))
 
     def step(label: str) -> None:
         progress(TaskAdvanced("audit", 1, {"done": label}))
 
     notes: list[str] = []
     inputs = _load_inputs(dataset_dir, real, run_dir, allow_real_mismatch, notes)
-    synthetic, card, real_test, train_set = inputs.synthetic, inputs.card, inputs.real_test, inputs.train_set
-    run, fed = inputs.run, inputs.fed
-    size, k = synthetic.image_shape[1], synthetic.num_classes
+    synthetic, real_test, size = inputs.synthetic, inputs.real_test, inputs.synthetic.image_shape[1]
     step("load")
-
-    # -- utility: TSTR, selection on the synthetic validation split only
-    progress(Message("training downstream classifiers on the synthetic set (selection on a synthetic validation split)"))
-    sel = select_and_train(synthetic, val_fraction=VAL_FRACTION, seed=seed, families=families, cnn_epochs=cnn_epochs)
-    tstr, tstr_pred = _metrics_row("synthetic (TSTR)", "synthetic", sel, real_test, len(synthetic))
+    choice = dict(seed=seed, families=families, cnn_epochs=cnn_epochs)
+    tstr_model, tstr, tstr_pred = _tstr(synthetic, real_test, progress=progress, **choice)
     step("tstr")
-
-    progress(Message("training real-data baselines"))
-    baselines = []
-    fit_set = train_set.sample(max_real_train, seed=seed, stratified=True)
-    if len(fit_set) < len(train_set):
-        notes.append(f"Speed cap: the pooled real baseline and the label-fidelity judge were trained on a stratified "
-                     f"{len(fit_set)} of the {len(train_set)} real training images (--max-real-train).")
-    sel_real = select_and_train(fit_set, val_fraction=VAL_FRACTION, seed=seed, families=families, cnn_epochs=cnn_epochs)
-    pooled_row, pooled_pred = _metrics_row("real, all clients pooled", "real_pooled", sel_real, real_test, len(fit_set))
-    baselines.append(pooled_row)
-    if fed is not None and fed.num_clients > 1:
-        for cname, cds in zip(fed.client_names, fed.clients):
-            cds = cds.resized(size).sample(max_real_train, seed=seed, stratified=True)
-            try:
-                sel_c = select_and_train(cds, val_fraction=VAL_FRACTION, seed=seed, families=families,
-                                         cnn_epochs=cnn_epochs)
-            except DataError as exc:
-                notes.append(f"baseline {cname} alone skipped: {exc}")
-                continue
-            baselines.append(_metrics_row(f"real, {cname} alone", "real_client", sel_c, real_test, len(cds))[0])
+    fit_set, baselines, pooled_pred = _real_baselines(inputs, max_real_train=max_real_train, notes=notes,
+                                                      progress=progress, **choice)
     step("baselines")
-
-    # -- fairness on the generator side
-    from synthfed.evaluate.classifier import CNNTraining, cnn_predict, train_cnn
-
-    judge = train_cnn(np.array(fit_set.images), np.array(fit_set.labels), num_classes=k,
-                      plan=CNNTraining(epochs=judge_epochs, seed=seed))
-    judge_test_acc = float((cnn_predict(judge, np.array(real_test.images)) == real_test.labels).mean())
-    judged = cnn_predict(judge, np.array(synthetic.images))
-    fid_all, fid_per_class = label_fidelity(judged, synthetic.labels, k)
-    requested, requested_from = _requested_counts(card, synthetic)
-    generated = synthetic.class_counts().astype(float)
-    predicted = np.bincount(judged, minlength=k).astype(float)
-    client_biases = [b["bias"] for b in baselines if b["kind"] == "real_client"]
-    mean_client_bias = float(np.mean(client_biases)) if client_biases else None
-    fairness = {
-        "bias": tstr["bias"],
-        "gap": tstr["gap"],
-        "worst_class": tstr["worst_class"],
-        "worst_class_name": synthetic.class_names[tstr["worst_class_index"]],
-        "mean_client_bias": mean_client_bias,
-        "bias_reduction_vs_clients_alone": bias_reduction(tstr["bias"], mean_client_bias) if client_biases else None,
-        "bias_reduction_vs_real_pooled": bias_reduction(tstr["bias"], pooled_row["bias"]),
-        "label_fidelity": fid_all,
-        "label_fidelity_per_class": fid_per_class,
-        "worst_class_fidelity": float(np.nanmin(fid_per_class)),
-        "judge": {"classifier": f"SmallCNN, {judge_epochs} epochs, trained on {_train_source(train_set, real)}",
-                  "real_test_accuracy": judge_test_acc},
-        "histograms": {
-            "requested": requested.tolist(),
-            "requested_from": requested_from,
-            "generated": generated.tolist(),
-            "predicted_by_judge": predicted.tolist(),
-            # The training data's real class histogram is personal data (per client it is in run.json only).
-            "real_train": train_set.class_counts().astype(float).tolist() if include_real_images else None,
-        },
-        "tv_distance": tv_distance(predicted, requested),
-        "tv_generated_vs_requested": tv_distance(generated, requested),
-        "tv_to_real": tv_distance(generated, train_set.class_counts()),
-        "confusion": confusion(real_test.labels, tstr_pred, k).tolist(),
-    }
+    judge, judged, judge_info = train_judge(fit_set, inputs, real=real, epochs=judge_epochs, seed=seed)
+    fairness = fairness_section(inputs, tstr, tstr_pred, baselines, judged, judge_info,
+                                include_real_images=include_real_images)
     step("fidelity")
-
-    # -- distribution fidelity (FID, precision/recall) and fairness across sites and attribute groups
-    space = choose_features(fid_features, judge=judge, judge_set=fit_set, judge_epochs=judge_epochs, seed=seed,
-                            notes=notes)
-    distribution = ({"skipped": "disabled"} if space is None else
-                    distribution_fidelity(synthetic, real_test, space, max_images=fid_max_images, seed=seed,
-                                          progress=progress))
+    distribution = _distribution(inputs, fid_features, judge=judge, judge_set=fit_set, judge_epochs=judge_epochs,
+                                 max_images=fid_max_images, seed=seed, notes=notes, progress=progress)
     step("distribution")
-    groups = audit_groups(tstr=(tstr["name"], sel.model.predict, tstr_pred), real_test=real_test, fed=fed,
-                          real_pooled=(pooled_row["name"], pooled_pred), size=size, seed=seed)
+    # fairness across sites and attribute groups
+    groups = audit_groups(tstr=(tstr["name"], tstr_model.predict, tstr_pred), real_test=real_test, fed=inputs.fed,
+                          real_pooled=(baselines[0]["name"], pooled_pred), size=size, seed=seed)
     step("groups")
-
-    # -- privacy
     progress(Message("nearest-neighbour memorization check"))
-    mem = nearest_neighbour_audit(synthetic.images, train_set.images, real_test.images, seed=seed)
+    mem = nearest_neighbour_audit(synthetic.images, inputs.train_set.images, real_test.images, seed=seed)
     step("memorization")
-    membership: dict
-    source = dict(card.get("source") or {})
-    if not mia:
-        membership = {"skipped": "disabled"}
-    elif run is None:
-        membership = {"skipped": "the source run is not available"}
-    elif fed is None:
-        membership = {"skipped": "the run's training data is not available"}
-    else:
-        from synthfed.generation import load_generator
-        from synthfed.privacy.membership import loss_threshold_mia
-
-        progress(Message("membership-inference attack on the model"))
-        client = source.get("client")
-        try:
-            gen = load_generator(run, client=client, use_ema=source.get("weights", "ema") != "model")
-            members = fed.clients[int(client)] if client is not None else train_set
-        except (ValueError, FileNotFoundError, RuntimeError, IndexError) as exc:
-            membership = {"skipped": f"cannot load the model that made the images from {run}: {exc}"}
-            notes.append(f"Membership attack skipped: {membership['skipped']}")
-        else:
-            membership = loss_threshold_mia(gen.model, gen.schedule, members.resized(size), real_test, seed=seed,
-                                            max_examples=mia_max_examples)
-            membership["model"] = public_source(gen.source)
-            membership["members"] = (f"training images of client {client}" if client is not None
-                                     else "all clients' training images")
-            membership["non_members"] = f"real test split of {public_spec(real)} ({len(real_test)} images)"
+    membership = membership_attack(inputs, real=real, enabled=mia, max_examples=mia_max_examples, seed=seed,
+                                   notes=notes, progress=progress)
     step("membership")
-    privacy = privacy_card(card)
-    privacy["memorization"] = {key: v for key, v in mem.items() if key not in ("dcr_train", "dcr_holdout", "nn_train_index")}
-    privacy["memorization"]["dcr_train_quantiles"] = np.quantile(mem["dcr_train"], [0, 0.05, 0.25, 0.5, 0.75, 1]).tolist()
-    privacy["memorization"]["dcr_holdout_quantiles"] = np.quantile(mem["dcr_holdout"], [0, 0.05, 0.25, 0.5, 0.75, 1]).tolist()
-    privacy["membership"] = membership
-
     report = {
         "name": name or dataset_dir.name,
         "contains_personal_data": bool(include_real_images),
-        "dataset": {
-            "dir": dataset_dir.resolve().name,
-            "num_images": len(synthetic),
-            "image_shape": list(synthetic.image_shape),
-            "class_names": list(synthetic.class_names),
-            "counts": synthetic.class_counts().tolist(),
-            "source": public_source(source),
-            "card": {**card, "source": public_source(source)},
-        },
-        "real": {
-            "spec": public_spec(real),
-            "train_size": len(train_set),
-            "train_source": _train_source(train_set, real),
-            "test_size": len(real_test),
-            "test_counts": real_test.class_counts().tolist(),
-            "resized_to": size,
-            "resized_from": list(inputs.real_size),
-            "matches_training_data": None if run is None else inputs.real_warning is None,
-        },
-        "run": run.resolve().name if run is not None else None,
-        "settings": {
-            "seed": seed,
-            "families": list(families),
-            "cnn_epochs": list(cnn_epochs),
-            "val_fraction": VAL_FRACTION,
-            "selection": "best validation accuracy on a stratified split of each training set; never the real test set",
-            "judge_epochs": judge_epochs,
-            "max_real_train": max_real_train,
-            "fid_features": fid_features,
-        },
-        "utility": {
-            "tstr": tstr,
-            "baselines": baselines,
-            "utility_ratio": tstr["accuracy"] / pooled_row["accuracy"] if pooled_row["accuracy"] > 0 else None,
-        },
+        "dataset": dataset_section(dataset_dir, inputs),
+        "real": real_section(inputs, real),
+        "run": inputs.run.resolve().name if inputs.run is not None else None,
+        "settings": _settings(seed=seed, families=families, cnn_epochs=cnn_epochs, judge_epochs=judge_epochs,
+                              max_real_train=max_real_train, fid_features=fid_features),
+        "utility": utility_section(tstr, baselines),
         "fairness": fairness,
         "groups": groups,
         "distribution": distribution,
-        "privacy": privacy,
+        "privacy": privacy_section(inputs.card, mem, membership),
         "notes": notes,
     }
-    report["summary"] = area_summaries(report)
-    stamp_real_warning(report, inputs.real_warning)
-    if compare_with:
-        if report["name"] in compare_with:
-            raise ValueError(f"a compared dataset is also named {report['name']!r}; names must differ")
-        ref = reference or next(iter(compare_with))
-        table = compare_audits({report["name"]: report, **compare_with}, reference=ref)
-        report["comparison"] = {"reference": ref, "columns": list(table.columns),
-                                "table": table.reset_index().to_dict(orient="records")}
-    # Free text (notes, error messages) may quote local paths: cut them to names.
-    local = [dataset_dir, run, out_dir, Path.cwd()]
-    report = json.loads(scrub_local_paths(json.dumps(jsonable(report), ensure_ascii=False), local))
-    if out_dir is not None:
-        from synthfed.fairness.report import write_report
-
-        write_report(report, out_dir, synthetic=synthetic, train=train_set if include_real_images else None,
-                     holdout=real_test)
+    report = finish_report(report, inputs, compare_with=compare_with, reference=reference,
+                           local=[dataset_dir, inputs.run, out_dir, Path.cwd()])
+    _write(report, out_dir, inputs, include_real_images=include_real_images)
     step("report")
     progress(TaskFinished("audit"))
     return report

@@ -43,6 +43,12 @@ def fails(report: dict, fail_on: str | None) -> bool:
 
 def area_summaries(report: dict) -> dict:
     """Plain-language headline for each of utility, fairness, privacy, with a level ok/warning/alert."""
+    return {"utility": _utility_summary(report), "fairness": _fairness_summary(report),
+            "privacy": _privacy_summary(report)}
+
+
+def _utility_summary(report: dict) -> dict:
+    """TSTR accuracy, and the share of the real data's utility it keeps."""
     util = report["utility"]
     tstr = util["tstr"]
     names = report["dataset"]["class_names"]
@@ -59,8 +65,13 @@ def area_summaries(report: dict) -> dict:
             level = "warning"
     if tstr["accuracy"] < 2.0 / max(len(names), 1):
         level = "alert"
-    utility = {"level": level, "text": text}
+    return {"level": level, "text": text}
 
+
+def _fairness_summary(report: dict) -> dict:
+    """Per-class accuracy, bias against clients alone, label fidelity, and accuracy across groups."""
+    tstr = report["utility"]["tstr"]
+    names = report["dataset"]["class_names"]
     fair = report["fairness"]
     rec = tstr["per_class_recall"]
     best_k = int(np.nanargmax(rec))
@@ -88,8 +99,11 @@ def area_summaries(report: dict) -> dict:
     level = _worst(level, group_level)
     if tstr["worst_class"] < 0.1:
         level = "alert"
-    fairness = {"level": level, "text": text}
+    return {"level": level, "text": text}
 
+
+def _privacy_summary(report: dict) -> dict:
+    """The formal guarantee, near copies and the DCR ratio, and the membership attack."""
     priv = report["privacy"]
     mem = priv["memorization"]
     parts, level = [], "ok"
@@ -129,5 +143,4 @@ def area_summaries(report: dict) -> dict:
             level = "alert"
     else:
         parts.append("Membership attack not run (" + str(mia.get("skipped", "no source model")) + ").")
-    privacy = {"level": level, "text": " ".join(parts)}
-    return {"utility": utility, "fairness": fairness, "privacy": privacy}
+    return {"level": level, "text": " ".join(parts)}

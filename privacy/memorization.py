@@ -100,43 +100,16 @@ def nearest_neighbour_audit(
     duplicates, for reference); and ``closest_pairs``: the ``k_pairs`` synthetic
     images nearest to any training image, as dicts of indices and distances.
     """
-    if k_pairs < 0:
-        raise ValueError("k_pairs must be non-negative")
-    if not copy_rms >= 0:
-        raise ValueError("copy_rms must be non-negative")
-    shapes = {tuple(np.shape(a)[1:]) for a in (synthetic, train, holdout)}
-    if len(shapes) != 1:
-        raise ValueError(f"synthetic, train and hold-out images differ in shape: {sorted(shapes)}")
+    _check_audit_inputs(synthetic, train, holdout, k_pairs=k_pairs, copy_rms=copy_rms)
     num_pixels = int(np.prod(np.shape(synthetic)[1:]))
     scale = math.sqrt(num_pixels)
     threshold = copy_rms * scale
 
     dcr_train, nn_train = nearest_neighbours(synthetic, train)
     dcr_holdout, _ = nearest_neighbours(synthetic, holdout)
-    # Equal-size reference sets for the ratio: a random |holdout| training images.
-    rng = np.random.default_rng(seed)
-    n_ref = min(len(train), len(holdout))
-    train_ref = np.sort(rng.choice(len(train), size=n_ref, replace=False))
-    holdout_ref = np.sort(rng.choice(len(holdout), size=n_ref, replace=False))
-    dcr_train_eq, _ = nearest_neighbours(synthetic, np.asarray(train)[train_ref])
-    dcr_holdout_eq, _ = nearest_neighbours(synthetic, np.asarray(holdout)[holdout_ref])
-    med_train, med_holdout = float(np.median(dcr_train_eq)), float(np.median(dcr_holdout_eq))
-    ratio = med_train / med_holdout if med_holdout > 0 else (1.0 if med_train == 0 else float("inf"))
-
+    ratio = _equal_size_ratio(synthetic, train, holdout, seed=seed)
     copies = np.flatnonzero(dcr_train <= threshold)
     holdout_dcr, _ = nearest_neighbours(holdout, train)
-    order = np.argsort(dcr_train, kind="stable")[:k_pairs]
-    pairs = [
-        {
-            "synthetic_index": int(i),
-            "train_index": int(nn_train[i]),
-            "distance": float(dcr_train[i]),
-            "rms": float(dcr_train[i] / scale),
-            "holdout_distance": float(dcr_holdout[i]),
-            "near_copy": bool(dcr_train[i] <= threshold),
-        }
-        for i in order
-    ]
     return {
         "metric": "L2 over pixels scaled to [0, 1]; rms = L2 / sqrt(num_pixels)",
         "num_pixels": num_pixels,
@@ -148,11 +121,7 @@ def nearest_neighbour_audit(
         "dcr_holdout": dcr_holdout,
         "min_distance": float(dcr_train.min()),
         "min_rms": float(dcr_train.min() / scale),
-        "median_dcr_train": med_train,
-        "median_dcr_holdout": med_holdout,
-        "dcr_ratio": float(ratio),
-        "share_closer_to_train": float(np.mean(dcr_train_eq < dcr_holdout_eq)),
-        "reference_size": int(n_ref),
+        **ratio,
         "copy_rms": float(copy_rms),
         "copy_threshold": float(threshold),
         "near_copies": int(len(copies)),
@@ -161,5 +130,53 @@ def nearest_neighbour_audit(
         "holdout_median_dcr_train": float(np.median(holdout_dcr)),
         "holdout_min_rms": float(holdout_dcr.min() / scale),
         "holdout_median_rms": float(np.median(holdout_dcr) / scale),
-        "closest_pairs": pairs,
+        "closest_pairs": _closest_pairs(dcr_train, nn_train, dcr_holdout, k_pairs=k_pairs, scale=scale,
+                                        threshold=threshold),
     }
+
+
+def _check_audit_inputs(synthetic, train, holdout, *, k_pairs: int, copy_rms: float) -> None:
+    if k_pairs < 0:
+        raise ValueError("k_pairs must be non-negative")
+    if not copy_rms >= 0:
+        raise ValueError("copy_rms must be non-negative")
+    shapes = {tuple(np.shape(a)[1:]) for a in (synthetic, train, holdout)}
+    if len(shapes) != 1:
+        raise ValueError(f"synthetic, train and hold-out images differ in shape: {sorted(shapes)}")
+
+
+def _equal_size_ratio(synthetic: np.ndarray, train: np.ndarray, holdout: np.ndarray, *, seed: int) -> dict:
+    """The DCR medians and ratio against equal-size reference sets: a random |holdout| training images
+    (the nearest neighbour in a larger set is closer by construction), and the share closer to train."""
+    rng = np.random.default_rng(seed)
+    n_ref = min(len(train), len(holdout))
+    train_ref = np.sort(rng.choice(len(train), size=n_ref, replace=False))
+    holdout_ref = np.sort(rng.choice(len(holdout), size=n_ref, replace=False))
+    dcr_train_eq, _ = nearest_neighbours(synthetic, np.asarray(train)[train_ref])
+    dcr_holdout_eq, _ = nearest_neighbours(synthetic, np.asarray(holdout)[holdout_ref])
+    med_train, med_holdout = float(np.median(dcr_train_eq)), float(np.median(dcr_holdout_eq))
+    ratio = med_train / med_holdout if med_holdout > 0 else (1.0 if med_train == 0 else float("inf"))
+    return {
+        "median_dcr_train": med_train,
+        "median_dcr_holdout": med_holdout,
+        "dcr_ratio": float(ratio),
+        "share_closer_to_train": float(np.mean(dcr_train_eq < dcr_holdout_eq)),
+        "reference_size": int(n_ref),
+    }
+
+
+def _closest_pairs(dcr_train: np.ndarray, nn_train: np.ndarray, dcr_holdout: np.ndarray, *, k_pairs: int,
+                   scale: float, threshold: float) -> list[dict]:
+    """The ``k_pairs`` synthetic images nearest to any training image, nearest first."""
+    order = np.argsort(dcr_train, kind="stable")[:k_pairs]
+    return [
+        {
+            "synthetic_index": int(i),
+            "train_index": int(nn_train[i]),
+            "distance": float(dcr_train[i]),
+            "rms": float(dcr_train[i] / scale),
+            "holdout_distance": float(dcr_holdout[i]),
+            "near_copy": bool(dcr_train[i] <= threshold),
+        }
+        for i in order
+    ]

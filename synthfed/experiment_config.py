@@ -256,7 +256,8 @@ def _fields(table: dict, where: str) -> dict:
     return out
 
 
-def parse_experiment(raw: dict, *, where: str = "config", source_text: str = "") -> ExperimentConfig:
+def _check_top_level(raw: dict, where: str) -> tuple[str, list]:
+    """The top-level keys: none unknown, a name, distinct integer seeds, string description and budget."""
     top_keys = {"name", "description", "budget", "seeds", "data", "train", "grid", "generate", "metrics"}
     unknown = sorted(set(raw) - top_keys)
     if unknown:
@@ -272,9 +273,11 @@ def parse_experiment(raw: dict, *, where: str = "config", source_text: str = "")
     for key in ("description", "budget"):
         if not isinstance(raw.get(key, ""), str):
             raise ExperimentConfigError(f"{where}: {key} must be a string")
+    return name, seeds
 
-    data = _build(DataSpec, _table(raw, "data", where), f"{where} [data]").validate(f"{where} [data]")
 
+def _base_train(raw: dict, data: DataSpec, where: str) -> TrainConfig:
+    """The [train] table as the base TrainConfig of every cell (data and image size from [data])."""
     train_raw = _fields(_table(raw, "train", where), f"{where} [train]")
     for key in _NOT_IN_TRAIN:
         if key in train_raw:
@@ -287,18 +290,25 @@ def parse_experiment(raw: dict, *, where: str = "config", source_text: str = "")
         raise ExperimentConfigError(f"{where} [train]: {exc}") from None
     if base.partition == "folders":
         raise ExperimentConfigError(f"{where} [train] partition: experiments split one source; 'folders' is not supported")
+    return base
+
+
+def parse_experiment(raw: dict, *, where: str = "config", source_text: str = "") -> ExperimentConfig:
+    name, seeds = _check_top_level(raw, where)
+    data = _build(DataSpec, _table(raw, "data", where), f"{where} [data]").validate(f"{where} [data]")
+    base = _base_train(raw, data, where)
 
     grid_raw = _fields(_table(raw, "grid", where), f"{where} [grid]")
     grid = []
     for key, values in grid_raw.items():
-        name = BY_FIELD[key].name
+        label = BY_FIELD[key].name  # the setting's public name, as the user wrote it
         if key in _NOT_IN_TRAIN:
-            raise ExperimentConfigError(f"{where} [grid] {name}: cannot be swept here (seeds: use seeds; data: one source per config)")
+            raise ExperimentConfigError(f"{where} [grid] {label}: cannot be swept here (seeds: use seeds; data: one source per config)")
         if not isinstance(values, list) or not values:
-            raise ExperimentConfigError(f"{where} [grid] {name}: must be a non-empty list")
-        coerced = tuple(_setting_value(v, key, f"{where} [grid] {name}") for v in values)
+            raise ExperimentConfigError(f"{where} [grid] {label}: must be a non-empty list")
+        coerced = tuple(_setting_value(v, key, f"{where} [grid] {label}") for v in values)
         if len(set(coerced)) != len(coerced):
-            raise ExperimentConfigError(f"{where} [grid] {name}: values must not repeat")
+            raise ExperimentConfigError(f"{where} [grid] {label}: values must not repeat")
         grid.append((key, coerced))
     grid.sort(key=lambda kv: AXIS_ORDER.index(kv[0]) if kv[0] in AXIS_ORDER else len(AXIS_ORDER))
     if not any(k == "strategy" for k, _ in grid):

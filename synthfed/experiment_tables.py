@@ -76,10 +76,19 @@ def write_tables(config: ExperimentConfig, out_dir: str | Path, *, floor: dict |
         floor = json.loads((out_dir / "real_floor.json").read_text()).get("metrics")
     cells, results = collect(config, out_dir)
     axes = list(config.axes)
+    # The Markdown shows only the axes that vary (and always the strategy); the CSVs show every axis.
     shown_axes = [a for a in axes if a == "strategy" or len(dict(config.grid)[a]) > 1]
     present = [m for m in METRICS if any(m in _flat(r) for r in results.values())]
+    write_bytes_atomic(out_dir / "results.csv", _results_csv(cells, results, axes, present).encode())
+    rows = _grouped_rows(cells, results, axes, present)
+    write_bytes_atomic(out_dir / "table.csv", _table_csv(rows, axes, present, floor).encode())
+    md = _table_markdown(rows, shown_axes, present, floor)
+    write_bytes_atomic(out_dir / "table.md", md.encode())
+    return md
 
-    # per-cell CSV
+
+def _results_csv(cells: list[Cell], results: dict[str, dict], axes: list[str], present: list[str]) -> str:
+    """One row per finished cell: its axes, seed and metrics."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["cell", *axes, "seed", *present])
@@ -87,9 +96,11 @@ def write_tables(config: ExperimentConfig, out_dir: str | Path, *, floor: dict |
         if cell.id in results:
             flat = _flat(results[cell.id])
             w.writerow([cell.id, *[_axis_text(cell.axes.get(a)) for a in axes], cell.seed, *[flat.get(m, "") for m in present]])
-    write_bytes_atomic(out_dir / "results.csv", buf.getvalue().encode())
+    return buf.getvalue()
 
-    # grouped rows
+
+def _grouped_rows(cells: list[Cell], results: dict[str, dict], axes: list[str], present: list[str]) -> list[dict]:
+    """One row per grid point: its axes, seeds done of planned, and (mean, std) of each metric over the seeds."""
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.group, []).append(cell)
@@ -102,7 +113,11 @@ def write_tables(config: ExperimentConfig, out_dir: str | Path, *, floor: dict |
             if vals:
                 row["metrics"][m] = _mean_std(vals)
         rows.append(row)
+    return rows
 
+
+def _table_csv(rows: list[dict], axes: list[str], present: list[str], floor: dict | None) -> str:
+    """The grouped rows with mean and std columns, and the real-data floor as a last row."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([*axes, "seeds_done", "seeds_planned", *[f"{m}_{s}" for m in present for s in ("mean", "std")]])
@@ -114,8 +129,11 @@ def write_tables(config: ExperimentConfig, out_dir: str | Path, *, floor: dict |
         w.writerow([*[_axis_text(row["axes"][a]) for a in axes], row["n"], row["of"], *vals])
     if floor:
         w.writerow(["real data", *[""] * (len(axes) - 1), "", "", *[v for m in present for v in (floor.get(m, ""), "")]])
-    write_bytes_atomic(out_dir / "table.csv", buf.getvalue().encode())
+    return buf.getvalue()
 
+
+def _table_markdown(rows: list[dict], shown_axes: list[str], present: list[str], floor: dict | None) -> str:
+    """The grouped rows as a Markdown table (mean ± std), and the real-data floor as a last row."""
     headers = [AXIS_LABELS.get(a, a) for a in shown_axes] + ["seeds"] + [METRICS[m][0] for m in present]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
@@ -130,9 +148,7 @@ def write_tables(config: ExperimentConfig, out_dir: str | Path, *, floor: dict |
         first = [f"real test images (n={floor.get('n_generated', '?')})"] + [""] * (len(shown_axes) - 1) + ["-"]
         rest = [f"{floor[m]:.{METRICS[m][1]}f}" if isinstance(floor.get(m), (int, float)) else "-" for m in present]
         lines.append("| " + " | ".join(first + rest) + " |")
-    md = "\n".join(lines) + "\n"
-    write_bytes_atomic(out_dir / "table.md", md.encode())
-    return md
+    return "\n".join(lines) + "\n"
 
 
 def _flat(result: dict) -> dict:

@@ -2,6 +2,8 @@
 
 import json
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -216,3 +218,11 @@ def test_real_inception_fid_is_measured_when_enabled(tmp_path):
     assert metrics["n_inception"] == {"generated": 6, "train": 6, "test": 6}
     assert metrics["fid_train_inception"] > 0 and metrics["fid_test_inception"] > 0
     assert "FID train (Inception)" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_loads_under_its_own_name(path):
+    # A grid loop once rebound `name`: each experiment took its last grid setting's name (and output folder).
+    config = load_experiment(path)
+    assert config.name == tomllib.loads(path.read_text())["name"]
