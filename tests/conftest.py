@@ -1,6 +1,6 @@
 """Shared test set-up: small, deterministic, single-threaded.
 
-Layout: tests/unit/<package>/ (one folder per package of the code),
+Layout: tests/unit/<package>/ (one folder per package of the code; core/ for synthfed's own modules),
 tests/integration/ (train -> generate -> audit through the CLI or the API),
 tests/flower/ (Flower; the real-process deployment tests are marked ``slow``:
 ``pytest -m "not slow"`` leaves them out, ``make test`` runs everything).
