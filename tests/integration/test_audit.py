@@ -21,7 +21,7 @@ runner = CliRunner()
 
 TINY = ["--data", "digits", "--image-size", "8", "--preset", "tiny", "--clients", "2", "--timesteps", "20",
         "--batch-size", "64", "--rounds", "1"]
-FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia_max_examples=100)
+FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia_max_examples=100, fid_features="classifier")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def test_cli_audit_with_compare_writes_a_self_contained_report(generated, tmp_pa
     out = tmp_path / "report"
     # Execute
     result = runner.invoke(app, ["audit", str(ds), "--data", "digits", "--out", str(out), "--compare", str(other),
-                                 "--classifiers", "logreg", "--judge-epochs", "1"])
+                                 "--classifiers", "logreg", "--judge-epochs", "1",
+                                 "--fid-features", "classifier"])
     # Assert
     assert result.exit_code == 0, result.output
     for name in ["report.html", "report.json", "per_class.csv", "classifiers.csv", "selection.csv", "confusion.csv",

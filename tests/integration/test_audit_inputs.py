@@ -20,7 +20,7 @@ from synthfed.errors import DataNote, InputError, UsageError
 from synthfed.generation import generate_dataset, load_generator
 from synthfed.training import train
 
-FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia=False)
+FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia=False, fid_features="classifier")
 CONFIG = TrainConfig(data="digits", image_size=8, preset="tiny", num_clients=2, num_train_timesteps=20,
                      batch_size=64, rounds=1, seed=3)
 

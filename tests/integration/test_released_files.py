@@ -34,8 +34,10 @@ runner = CliRunner()
 TINY = ["--data", "digits", "--image-size", "8", "--preset", "tiny", "--clients", "2", "--timesteps", "20",
         "--batch-size", "64", "--rounds", "1"]
 GEN = ["--per-class", "3", "--steps", "2"]
-AUDIT = ["--data", "digits", "--classifiers", "logreg", "--judge-epochs", "1", "--max-real-train", "100"]
-FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia=False, max_real_train=100)
+AUDIT = ["--data", "digits", "--classifiers", "logreg", "--judge-epochs", "1", "--max-real-train", "100",
+         "--fid-features", "classifier"]
+FAST = dict(families=("logreg",), cnn_epochs=(1,), judge_epochs=1, mia=False, max_real_train=100,
+            fid_features="classifier")
 
 
 @pytest.fixture(scope="module")
