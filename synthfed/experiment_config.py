@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from synthfed.config import ConfigError, TrainConfig
-from synthfed.settings import BY_FIELD, coerce, setting_for, type_of
+from synthfed.settings import BY_FIELD, coerce, coerce_value, setting_for
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,25 +82,10 @@ class ExperimentConfigError(ConfigError):
 
 
 def _coerce(value, annotation: str, where: str):
-    kind, nullable = type_of(str(annotation))
-    if nullable and (value is None or (isinstance(value, str) and value.strip().lower() == "none")):
-        return None
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-    elif kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif kind == "str":
-        if isinstance(value, str):
-            return value
-    expected = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[kind]
-    if nullable:
-        expected += ' or "none"'
-    raise ExperimentConfigError(f"{where}: expected {expected}, got {value!r}")
+    try:
+        return coerce_value(value, annotation, where)
+    except ConfigError as exc:
+        raise ExperimentConfigError(str(exc)) from None
 
 
 def _table(raw: dict, key: str, where: str) -> dict:

@@ -132,9 +132,10 @@ def setting_for(key: str, where: str) -> Setting:
     raise ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
-def coerce(value, setting: Setting, where: str):
-    """A file value as the setting's type (TOML has no null: "none" is None)."""
-    kind, nullable = setting.kind
+def coerce_value(value, annotation: str, where: str):
+    """A TOML value as the dataclass annotation's type (TOML has no null:
+    "none" is None for a nullable field); anything else is refused, named."""
+    kind, nullable = type_of(str(annotation))
     if nullable and (value is None or (isinstance(value, str) and value.strip().lower() == "none")):
         return None
     if kind == "bool" and isinstance(value, bool):
@@ -149,6 +150,11 @@ def coerce(value, setting: Setting, where: str):
     if nullable:
         expected += ' or "none"'
     raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+def coerce(value, setting: Setting, where: str):
+    """A file value as the setting's type."""
+    return coerce_value(value, _FIELD_TYPES[setting.field], where)
 
 
 def fields_from_table(table: dict, where: str) -> dict:
