@@ -1,12 +1,15 @@
 """Wall time of a federated run on Flower against the in-process simulation.
 
-Runs the same configuration three ways, side by side in this run: the
-simulation (`synthfed train`), a local Flower deployment (SuperLink + one
-SuperNode per client, plain FedAvg), and the same with SecAgg+. Prints the
-seconds per round and the ratio to the simulation, and checks that the Flower
-weights equal the simulation's (bit for bit without SecAgg+).
+Runs the same configuration side by side in this run: the simulation
+(`synthfed train`); a local Flower deployment over TLS with node
+authentication (SuperLink + one SuperNode per client, plain FedAvg) whose
+nodes run Flower's own executor (a new `flwr-clientapp` process per message);
+the same with synthfed's warm executor (the default: imports once, forks per
+message); and the warm deployment with SecAgg+. Prints the seconds per round,
+the ratio to the simulation, and checks that the Flower weights equal the
+simulation's (bit for bit without SecAgg+).
 
-    python benchmarks/flower_round.py [--preset tiny] [--rounds 2] [--clients 2] [--no-secagg]
+    python benchmarks/flower_round.py [--preset tiny] [--rounds 2] [--clients 2] [--no-secagg] [--no-cold]
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from synthfed.training import train
 EMA = "global/ema/diffusion_pytorch_model.safetensors"
 
 
-def flower_run(root: Path, config: TrainConfig, *, secagg: bool) -> tuple[float, Path]:
+def flower_run(root: Path, config: TrainConfig, *, secagg: bool, warm: bool = True) -> tuple[float, Path]:
     options = FlowerOptions(run_dir=str(root / "server"), run_name="bench", secagg=secagg)
-    with Deployment(root / "flower") as deployment:
+    deployment = Deployment.with_local_federation(root / "flower", nodes=config.num_clients)
+    deployment.warm = warm
+    with deployment:
         deployment.start_superlink()
         for cid in range(config.num_clients):
             deployment.start_node(cid, state_dir=root / f"node{cid}", threads=1)
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=8)
     parser.add_argument("--no-secagg", action="store_true")
+    parser.add_argument("--no-cold", action="store_true", help="leave out the run with Flower's own executor")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = TrainConfig(data="digits", image_size=args.image_size, preset=args.preset, num_clients=args.clients,
@@ -64,15 +70,18 @@ def main() -> None:
         sim = train(config, tmp / "sim")
         sim_s = time.perf_counter() - start
         rows = [("simulation (in-process)", sim_s, 0.0)]
+        if not args.no_cold:
+            seconds, last = flower_run(tmp / "cold", config, secagg=False, warm=False)
+            rows.append(("Flower TLS, Flower's executor", seconds, max_diff(sim.last_round_dir, last)))
         seconds, last = flower_run(tmp / "plain", config, secagg=False)
-        rows.append(("Flower, SuperLink + SuperNodes", seconds, max_diff(sim.last_round_dir, last)))
+        rows.append(("Flower TLS, warm executor", seconds, max_diff(sim.last_round_dir, last)))
         if not args.no_secagg:
             seconds, last = flower_run(tmp / "secagg", config, secagg=True)
-            rows.append(("Flower + SecAgg+", seconds, max_diff(sim.last_round_dir, last)))
+            rows.append(("Flower TLS, warm executor, SecAgg+", seconds, max_diff(sim.last_round_dir, last)))
     print(f"{args.preset} preset, {args.clients} clients, {args.rounds} rounds, digits {args.image_size}x{args.image_size}")
-    print(f"{'engine':34s} {'s/round':>8s} {'x sim':>7s} {'max |w - w_sim|':>16s}")
+    print(f"{'engine':38s} {'s/round':>8s} {'x sim':>7s} {'max |w - w_sim|':>16s}")
     for name, seconds, diff in rows:
-        print(f"{name:34s} {seconds / args.rounds:8.1f} {seconds / sim_s:7.1f} {diff:16.3g}")
+        print(f"{name:38s} {seconds / args.rounds:8.1f} {seconds / sim_s:7.1f} {diff:16.3g}")
 
 
 if __name__ == "__main__":

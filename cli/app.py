@@ -12,18 +12,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from synthfed.cli.errors import DEBUG_ENV, SynthfedGroup
 from synthfed.cli.render import RichProgress
-from synthfed.config import (DDPM_VARIANCES, DEVICES, LAYOUTS, PARTITIONS, PRECISIONS, SAMPLERS, TrainConfig,
-                             check_device)
+from synthfed.config import DDPM_VARIANCES, DEVICES, LAYOUTS, PARTITIONS, PRECISIONS, SAMPLERS, TrainConfig
 from synthfed.model.presets import PRESETS
-from synthfed.errors import UsageError
-from synthfed.cli.options import train_config, with_settings
+from synthfed.cli.generate_options import check_generate_options, with_generate_options, write_dataset
+from synthfed.cli.options import choice, train_config, with_settings
 
 app = typer.Typer(
     cls=SynthfedGroup,
@@ -34,6 +32,10 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+# Options that take one of a fixed set of values (typer lists and checks them).
+Preset, Precision, Device = choice(PRESETS), choice(PRECISIONS), choice(DEVICES)
+Sampler, DdpmVariance, Layout, Partition = choice(SAMPLERS), choice(DDPM_VARIANCES), choice(LAYOUTS), choice(PARTITIONS)
 
 
 def _print_version(value: bool) -> None:
@@ -57,6 +59,7 @@ def root(
 @app.command()
 @with_settings(config_file=True)
 def train(
+    ctx: typer.Context,
     out_dir: Path = typer.Option(Path("runs/run"), "--out", help="Run directory (checkpoints, run.json, ledger)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last complete round, as it was started (other options are ignored, with a note; a changed --epsilon or --delta is refused)."),
     **settings,
@@ -64,7 +67,6 @@ def train(
     """Train a class-conditional DDPM across clients without moving their images."""
     from synthfed.training import train as run_train
 
-    ctx = click.get_current_context()
     if resume is not None:
         from synthfed.cli.resume import resumed_config
 
@@ -96,14 +98,14 @@ def train(
 def pretrain(
     data: str = typer.Option(..., help="PUBLIC data source (as for train); its classes must match the private data's."),
     out_dir: Path = typer.Option(..., "--out", help="New folder: the run, and model/ to pass to train --init-from."),
-    preset: str = typer.Option("small", click_type=click.Choice(tuple(PRESETS)), help="Model size: tiny | small | paper (as the private run will use)."),
+    preset: Preset = typer.Option("small", help="Model size: tiny | small | paper (as the private run will use)."),
     image_size: Optional[int] = typer.Option(None, help="Image size (as the private run will use)."),
     epochs: int = typer.Option(5, help="Epochs over the public data."),
     batch_size: int = typer.Option(64, help="Batch size."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     timesteps: int = typer.Option(1000, help="Diffusion steps T (as the private run will use)."),
-    precision: str = typer.Option("fp32", click_type=click.Choice(PRECISIONS), help="fp32 | bf16."),
-    device: str = typer.Option("auto", click_type=click.Choice(DEVICES), help="auto | cpu | cuda."),
+    precision: Precision = typer.Option("fp32", help="fp32 | bf16."),
+    device: Device = typer.Option("auto", help="auto | cpu | cuda."),
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
     """Pretrain on public data (no DP, no budget): a model folder for train --init-from."""
@@ -120,73 +122,25 @@ def pretrain(
 
 
 @app.command()
+@with_generate_options
 def generate(
     model: Path = typer.Argument(..., help="A run directory (its latest round, EMA weights) or a model folder."),
-    out_dir: Path = typer.Option(..., "--out", help="New folder: images/ (PNGs + metadata.csv), manifest.csv, grid.png and the README.md card."),
-    per_class: int = typer.Option(10, help="Images per class (with --counts match-real: the average)."),
-    counts: str = typer.Option("uniform", help="Class counts: uniform | a CSV of class,count | match-real (the real class mix: only for a non-DP output with --allow-non-private)."),
-    allow_non_private: bool = typer.Option(False, "--allow-non-private", help="Write a dataset not covered by DP (stamped 'NOT differentially private')."),
-    sampler: str = typer.Option("ddim", click_type=click.Choice(SAMPLERS), help="ddim | ddpm (ancestral)."),
-    steps: int = typer.Option(50, help="Sampling steps (DDPM with steps = T is the seed's sampler)."),
-    ddpm_variance: str = typer.Option("fixed_small", click_type=click.Choice(DDPM_VARIANCES), help="DDPM sigma^2: fixed_small (beta-tilde) | fixed_large (beta)."),
-    guidance: float = typer.Option(0.0, help="Classifier-free guidance weight w (0 = plain conditional)."),
     client: Optional[int] = typer.Option(None, help="Sample client i's personalized model."),
-    no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights instead of the EMA."),
-    batch_size: int = typer.Option(100, help="Images sampled at once."),
-    layout: str = typer.Option("flat", click_type=click.Choice(LAYOUTS), help="flat (images/000000.png) | class-folders (images/00-<class>/..., torchvision ImageFolder)."),
-    seed: int = typer.Option(0, help="Sampling seed."),
-    device: str = typer.Option("auto", click_type=click.Choice(DEVICES), help="auto | cpu | cuda."),
+    **options,
 ) -> None:
     """Sample a trained model into PNGs with a manifest."""
-    from synthfed.card import NOT_DP, counts_origin, privacy_label, resolve_class_counts
-    from synthfed.federated.setup import resolve_device
-    from synthfed.generation import generate_dataset, load_generator
+    from synthfed.generation import load_generator
 
-    if per_class < 1:
-        raise UsageError("--per-class must be at least 1")
-    if sampler not in SAMPLERS:
-        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}")
-    if ddpm_variance not in DDPM_VARIANCES:
-        raise UsageError(f"--ddpm-variance must be one of {', '.join(DDPM_VARIANCES)}")
-    if steps < 1 or batch_size < 1 or guidance < 0:
-        raise UsageError("--steps and --batch-size must be at least 1 and --guidance non-negative")
-    check_device(device)
-    gen = load_generator(model, client=client, use_ema=not no_ema)
-    if steps > gen.schedule.num_train_timesteps:
-        raise UsageError(f"--steps must be at most the model's T = {gen.schedule.num_train_timesteps}")
-    run_info = None
-    if gen.run_dir is not None:
-        from synthfed.run_info import RunInfo
-
-        run_info = RunInfo.read(gen.run_dir)
-    class_counts = resolve_class_counts(counts, num_classes=gen.spec.num_classes, class_names=gen.spec.class_names,
-                                        per_class=per_class, run_info=run_info, client=client,
-                                        differentially_private=bool(gen.privacy.get("differentially_private")),
-                                        allow_non_private=allow_non_private)
-    with RichProgress(err) as progress:
-        path = generate_dataset(
-            gen, out_dir, per_class=per_class, counts=class_counts, allow_non_private=allow_non_private,
-            counts_source=counts_origin(counts, client), real_counts=counts == "match-real",
-            sampler=sampler, num_steps=steps, guidance_scale=guidance,
-            ddpm_variance=ddpm_variance, batch_size=batch_size, seed=seed, device=resolve_device(device),
-            layout=layout, progress=progress,
-        )
-    out.print(f"wrote {sum(class_counts)} images to {path / 'images'}")
-    parquet = " (and .parquet)" if (path / "manifest.parquet").is_file() else ""
-    out.print(f"manifest: {path / 'manifest.csv'}{parquet}; dataset card: {path / 'README.md'}")
-    out.print(f"load it: datasets.load_dataset('imagefolder', data_dir='{path / 'images'}')")
-    out.print(f"sample grid: {path / 'grid.png'}")
-    label = privacy_label(gen.privacy)
-    out.print(f"privacy: {gen.privacy['statement'] if label == NOT_DP else label}")
-    if counts == "match-real":
-        out.print("class counts: the real class histogram of the training data (the card says so)")
+    check_generate_options(options)
+    gen = load_generator(model, client=client, use_ema=not options["no_ema"])
+    write_dataset(gen, options, client=client)
 
 
 @app.command()
 def partition(
     data: str = typer.Option("digits", help="Data source (as for train)."),
     clients: int = typer.Option(4, help="Number of clients."),
-    scheme: str = typer.Option("dirichlet", click_type=click.Choice(PARTITIONS), help="dirichlet | iid | folders."),
+    scheme: Partition = typer.Option("dirichlet", help="dirichlet | iid | folders."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration."),
     min_partition_size: int = typer.Option(10, help="Smallest client."),
     seed: int = typer.Option(0, help="Partition seed."),

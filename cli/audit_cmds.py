@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthfed.cli.options import choice
 from synthfed.errors import InputError, UsageError
 
 out = Console()
@@ -26,6 +26,7 @@ FAIL_EXIT_CODE = 3
 FAIL_ON_WORDS = ("check", "alert")
 # synthfed.fairness.distribution.FID_FEATURES, spelled out here: importing that module loads numpy.
 FID_SPACES = ("auto", "inception", "classifier", "none")
+FidSpace, FailOn = choice(FID_SPACES), choice(FAIL_ON_WORDS)
 
 
 def _real_spec(data: Optional[str], real: Optional[str]) -> str:
@@ -83,9 +84,9 @@ def audit(
     no_mia: bool = typer.Option(False, "--no-mia", help="Skip the membership-inference attack."),
     include_real_images: bool = typer.Option(False, "--include-real-images", help="Embed the nearest real training images and the real class histogram (the report is then marked 'contains personal data: do not share')."),
     real_mismatch_ok: bool = typer.Option(False, "--real-mismatch-ok", help="Audit against real data other than the run's training data (the report is stamped so)."),
-    fid_features: str = typer.Option("auto", "--fid-features", click_type=click.Choice(FID_SPACES), help="Feature space of FID and precision/recall: auto (InceptionV3 when installed, else classifier), inception, classifier (the label-fidelity judge), none."),
+    fid_features: FidSpace = typer.Option("auto", "--fid-features", help="Feature space of FID and precision/recall: auto (InceptionV3 when installed, else classifier), inception, classifier (the label-fidelity judge), none."),
     fid_max_images: Optional[int] = typer.Option(None, "--fid-max-images", metavar="N", help="Compare at most N synthetic and N real test images (stratified; default 500 with Inception, 2000 with classifier features)."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on", click_type=click.Choice(FAIL_ON_WORDS), help=f"For CI: exit with code {FAIL_EXIT_CODE} (after writing the report) when the verdict reaches check (any CHECK or ALERT) or alert (any ALERT). Default: exit 0 whatever the verdict."),
+    fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", help=f"For CI: exit with code {FAIL_EXIT_CODE} (after writing the report) when the verdict reaches check (any CHECK or ALERT) or alert (any ALERT). Default: exit 0 whatever the verdict."),
     seed: int = typer.Option(0, help="Seed of the validation splits, classifiers and attack noise."),
 ) -> None:
     """Audit a synthetic dataset: downstream utility on real test data, fairness across classes, sites and attribute groups, FID and precision/recall, memorization and membership inference."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +23,7 @@ SHARED = ["data", "clients", "alpha", "max-client-size", "rounds", "local-epochs
 
 @with_settings(SHARED)
 def compare(
+    ctx: typer.Context,
     out_dir: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for runs, samples and compare.csv/.md (resumable)."),
     strategies: str = typer.Option("centralized,local,fedavg,fedper,pfdm", help="Comma-separated strategies to compare."),
     pfdm_epsilon: Optional[float] = typer.Option(None, help="pfdm upload epsilon (the accountant picks t0 from it)."),
@@ -49,7 +49,7 @@ def compare(
         raise UsageError("pfdm needs --pfdm-epsilon (or --epsilon) so the accountant can pick t0")
     defaults = {s.field: s.default for s in SETTINGS}
     base = train_config({**defaults, "warm_start": "auto", **settings, "strategy": "fedavg", "participation": "1.0"},
-                        explicit=given_fields(click.get_current_context()))
+                        explicit=given_fields(ctx))
     with RichProgress(err) as progress:
         table = run_comparison(base, out_dir, strategies=chosen, pfdm_epsilon=pfdm_epsilon,
                                sampling=SamplingPlan(per_class=per_class, steps=steps, seed=base.seed), progress=progress)

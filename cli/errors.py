@@ -26,12 +26,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-import click
+import typer
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
 from synthfed.errors import DataNote, SynthfedError
+
+# typer < 0.26 raises the click package's errors, typer >= 0.26 those of its own
+# copy of click (typer._click, private): both found from typer's public BadParameter.
+_CLICK_ERRORS = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+UsageError, ClickException = _CLICK_ERRORS["UsageError"], _CLICK_ERRORS["ClickException"]
 
 DEBUG_ENV = "SYNTHFED_DEBUG"
 INTERRUPTED = 130
@@ -104,7 +109,7 @@ def _os_message(exc: OSError) -> str:
     return f"{verb} {name}: {exc.strerror or _first_line(exc)}"
 
 
-def _usage_message(exc: click.UsageError) -> str:
+def _usage_message(exc: UsageError) -> str:
     # click and typer both append "Did you mean 'train'?" to an unknown command: say it once.
     sentences = list(dict.fromkeys(re.split(r"(?<=[.?!])\s+", " ".join(exc.format_message().split()))))
     hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
@@ -116,19 +121,19 @@ def _is_safetensors_error(exc: BaseException) -> bool:
 
 
 def _passes_through(exc: BaseException) -> bool:
-    """An exit already decided: ``typer.Exit`` and ``click.Abort`` (both
+    """An exit already decided: ``typer.Exit`` and ``typer.Abort`` (both
     RuntimeErrors, so they must not be caught as runtime failures), and click's
     "no arguments: show the help", which typer renders itself."""
     # BrokenPipeError: output piped into `head`; click exits quietly on it.
-    return (isinstance(exc, (click.exceptions.Exit, click.Abort, BrokenPipeError))
+    return (isinstance(exc, (typer.Exit, typer.Abort, BrokenPipeError))
             or type(exc).__name__ == "NoArgsIsHelpError")
 
 
 def describe(exc: Exception) -> tuple[str, int]:
     """(one-line message, exit code) of an error raised by a command."""
-    if isinstance(exc, click.UsageError):
+    if isinstance(exc, UsageError):
         return _usage_message(exc), 2
-    if isinstance(exc, click.ClickException):
+    if isinstance(exc, ClickException):
         return exc.format_message(), exc.exit_code
     if isinstance(exc, SynthfedError):
         return str(exc), exc.exit_code
@@ -174,13 +179,13 @@ def boundary(debug: bool = False) -> Iterator[None]:
             if debug:
                 raise
             say("error:", "red", "interrupted")
-            raise click.exceptions.Exit(INTERRUPTED) from None
+            raise typer.Exit(INTERRUPTED) from None
         except Exception as exc:
             if debug or _passes_through(exc):
                 raise
             message, code = describe(exc)
             say("error:", "red", message)
-            raise click.exceptions.Exit(code) from None
+            raise typer.Exit(code) from None
 
 
 def run_guarded(command: Callable[[], object], *, debug: list[str] | None = None) -> int:
@@ -189,7 +194,7 @@ def run_guarded(command: Callable[[], object], *, debug: list[str] | None = None
     try:
         with boundary(debug=debug_requested(debug)):
             command()
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
     return 0
 
@@ -207,6 +212,6 @@ class SynthfedGroup(TyperGroup):
         with boundary(debug=debug_requested(args)):
             return super().make_context(info_name, args, parent=parent, **extra)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         with boundary(debug=bool(ctx.params.get("debug")) or debug_requested()):
             return super().invoke(ctx)

@@ -49,6 +49,21 @@ def _train_options(name: str, args: list[str], resume_from: Optional[Path] = Non
         return train_config(ctx.params, explicit=given_fields(ctx), engine="flower")
 
 
+HEARTBEAT_HELP = ("Seconds between this node's heartbeats, 10-1800 (default: Flower's 30). "
+                  "The SuperLink reports a node dead after two missed ones.")
+
+
+def _heartbeat(seconds: Optional[float]) -> Optional[float]:
+    from synthfed.flower.supernode import check_heartbeat
+
+    if seconds is None:
+        return None
+    try:
+        return check_heartbeat(seconds)
+    except ValueError as e:
+        raise UsageError(f"--heartbeat: {e}") from None
+
+
 def _stop_on_signals() -> None:
     """Ctrl-C and SIGTERM (e.g. a service manager) both stop what we started:
     turned into KeyboardInterrupt, even where the shell started us with SIGINT ignored."""
@@ -81,6 +96,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue --out from its last complete round."),
     work_dir: Optional[Path] = typer.Option(None, help="Flower's files and logs (default: OUT/flower)."),
     threads: int = typer.Option(1, help="torch threads per node."),
+    heartbeat: Optional[float] = typer.Option(None, help=HEARTBEAT_HELP),
 ) -> None:
     """Train on a local Flower deployment with synthfed train's options (e.g. --epsilon 8 --rounds 3)."""
     _need_flower()
@@ -92,9 +108,12 @@ def run(
     options = _options(out_dir, run_name, secagg, min_clients, round_timeout, resume, config)
     root = (work_dir or out_dir / "flower").resolve()
     _stop_on_signals()
-    with Deployment(root) as deployment:
+    # TLS and node authentication on this machine too: the path a federation across machines takes
+    deployment = Deployment.with_local_federation(root, nodes=config.num_clients)
+    deployment.heartbeat = _heartbeat(heartbeat)
+    with deployment:
         address = deployment.start_superlink()
-        err.print(f"SuperLink on {address}; logs in {deployment.logs}")
+        err.print(f"SuperLink on {address} (TLS, {len(deployment.registered)} nodes allowed); logs in {deployment.logs}")
         for cid in range(config.num_clients):
             deployment.start_node(cid, state_dir=state_dir / f"node-{cid}", threads=threads)
         app_dir = write_app(root / "app", to_run_config(config, options))
@@ -127,19 +146,30 @@ def app_command(
 
 @flower_app.command("serve")
 def serve(
-    port: int = typer.Option(9093, help="The SuperLink's port (one HTTP port for nodes, ServerApps and flwr)."),
+    port: int = typer.Option(9093, help="The SuperLink's port (one port for nodes, ServerApps and flwr)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind: 127.0.0.1 (this machine) or 0.0.0.0 (other machines' nodes)."),
     work_dir: Path = typer.Option(Path("flower-superlink"), help="Flower's files (FLWR_HOME) and logs."),
+    ssl_ca_certfile: Optional[Path] = typer.Option(None, help="The federation's CA certificate (PEM)."),
+    ssl_certfile: Optional[Path] = typer.Option(None, help="This SuperLink's TLS certificate (PEM)."),
+    ssl_keyfile: Optional[Path] = typer.Option(None, help="Its private key (PEM)."),
+    node_public_key: list[Path] = typer.Option([], help="An allowed node's public key, or a folder of *.pub (repeat)."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS, no node authentication (warned outside loopback)."),
 ) -> None:
-    """Run a SuperLink in the foreground (Ctrl-C stops it and its children)."""
+    """Run a SuperLink in the foreground (Ctrl-C stops it and its children). Outside loopback: TLS and node authentication."""
     _need_flower()
+    from synthfed.cli.flower_security import superlink_security
     from synthfed.flower.deploy import Deployment
 
-    deployment = Deployment(work_dir.resolve())
+    security = superlink_security(host=host, insecure=insecure, ca=ssl_ca_certfile, cert=ssl_certfile,
+                                  key=ssl_keyfile, node_keys=node_public_key)
+    deployment = Deployment(work_dir.resolve(), **security)
     _stop_on_signals()
     try:
         address = deployment.start_superlink(port=port, host=host)
-        out.print(f"SuperLink on {address}. Runs: FLWR_HOME={deployment.home} flwr run APP_DIR synthfed")
+        mode = f"TLS, {len(deployment.registered)} nodes allowed" if deployment.secure else "insecure"
+        out.print(f"SuperLink on {host}:{port} ({mode}). Runs: FLWR_HOME={deployment.home} flwr run APP_DIR synthfed")
+        for node_id, key in deployment.registered.items():
+            out.print(f"  node {node_id}: {key}")
         deployment.superlink.wait()
     except KeyboardInterrupt:
         pass
@@ -156,22 +186,33 @@ def node(
     max_epsilon: Optional[float] = typer.Option(None, help="Refuse runs that would spend more than this epsilon."),
     threads: int = typer.Option(1, help="torch threads."),
     work_dir: Path = typer.Option(Path("flower-node"), help="Flower's files (FLWR_HOME) and logs."),
+    root_certificates: Optional[Path] = typer.Option(None, help="The federation's CA certificate: the SuperLink is verified against it."),
+    auth_key: Optional[Path] = typer.Option(None, "--auth-key", "--auth-supernode-private-key",
+                                            help="This node's private key (its public key is on the SuperLink's allow-list)."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS, no node authentication (warned outside loopback)."),
+    heartbeat: Optional[float] = typer.Option(None, help=HEARTBEAT_HELP),
 ) -> None:
-    """Run a SuperNode in the foreground (Ctrl-C stops it and its ClientApps)."""
+    """Run a SuperNode in the foreground (Ctrl-C stops it and its ClientApps). Outside loopback: TLS and node authentication."""
     _need_flower()
+    from synthfed.cli.flower_security import supernode_security
     from synthfed.flower.deploy import Deployment
 
-    deployment = Deployment(work_dir.resolve())
     host, _, port = superlink.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--superlink must be HOST:PORT, not {superlink!r}")
+    security, key = supernode_security(superlink=superlink, insecure=insecure, root_certificates=root_certificates,
+                                       auth_key=auth_key)
+    deployment = Deployment(work_dir.resolve(), heartbeat=_heartbeat(heartbeat), **security)
     deployment.port = int(port)
     _stop_on_signals()
     try:
         proc = deployment.start_node(partition_id, state_dir=state_dir, data=data, threads=threads,
-                                     max_epsilon=max_epsilon, superlink=superlink)
-        out.print(f"SuperNode for client {partition_id} connected to {superlink}; state in {state_dir}")
-        proc.wait()
+                                     max_epsilon=max_epsilon, superlink=superlink, auth_key=key)
+        mode = "TLS, authenticated" if deployment.secure else "insecure"
+        out.print(f"SuperNode for client {partition_id} connecting to {superlink} ({mode}); state in {state_dir}")
+        code = proc.wait()
+        if code != 0:
+            raise SynthfedError(f"the SuperNode stopped with exit code {code}; see {deployment.logs / f'node-{partition_id}.log'}")
     except KeyboardInterrupt:
         pass
     finally:
@@ -214,5 +255,11 @@ def collect(
 
 def register(root: typer.Typer) -> None:
     """Add ``synthfed flower ...``; the root app is kept to parse train's options (flower run takes them)."""
+    from synthfed.cli.flower_security import certs
+
     _MAIN_APP[:] = [root]
+    flower_app.command("certs")(certs)
     root.add_typer(flower_app, name="flower")
+
+
+from synthfed.cli.flower_node_cmds import generate as _node_generate; flower_app.command("generate")(_node_generate)  # noqa: E402,E702

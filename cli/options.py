@@ -2,7 +2,7 @@
 
 ``with_settings(names)`` decorates a command so that it takes those settings as
 options, each under its one public name, with the dataclass's default, its
-help and (for a fixed set of values) a ``click.Choice``. The command receives
+help and (for a fixed set of values) a ``Literal`` of them (a choice). The command receives
 them keyed by ``TrainConfig`` field. ``--config FILE`` reads a TOML file of
 the same names into click's default map: a value typed on the command line
 wins over the file, the file over the defaults."""
@@ -12,9 +12,8 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
-import click
 import typer
 
 from synthfed.cli.errors import say
@@ -28,18 +27,23 @@ _CLI_DEFAULTS = {"participation": "1.0", "warm_start": "auto"}
 _CLI_TYPES = {"participation": str}
 
 
+def choice(values) -> object:
+    """The annotation of an option that takes one of ``values``: typer lists
+    and checks them (typer >= 0.26 no longer takes click types, ``click_type``)."""
+    return Literal[tuple(values)]
+
+
 def _parameter(setting: Setting, default=None) -> inspect.Parameter:
     kind, nullable = setting.kind
     value = _CLI_DEFAULTS.get(setting.field, setting.default) if default is None else default
-    annotation = _CLI_TYPES.get(setting.field, _PY_TYPES[kind])
+    annotation = _CLI_TYPES.get(setting.field, choice(setting.choices) if setting.choices else _PY_TYPES[kind])
     if nullable and setting.field not in _CLI_TYPES:
         annotation = Optional[annotation]
-    extra = {"click_type": click.Choice(setting.choices)} if setting.choices else {}
-    option = typer.Option(value, setting.option, help=setting.help, **extra)
+    option = typer.Option(value, setting.option, help=setting.help)
     return inspect.Parameter(setting.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
-def _read_config(ctx: click.Context, _param: click.Parameter, path: Optional[str]) -> Optional[str]:
+def _read_config(ctx: typer.Context, _param: typer.CallbackParam, path: Optional[str]) -> Optional[str]:
     """Eager: load the file into the default map before the other options parse."""
     if path is None:
         return None
@@ -78,16 +82,23 @@ def with_settings(names: list[str] | None = None, *, defaults: dict | None = Non
     its own parameters; ``defaults`` overrides a default by field name."""
     chosen = [s for s in SETTINGS if names is None or s.name in names]
     defaults = defaults or {}
+    params = [_parameter(s, defaults.get(s.field)) for s in chosen]
+    return with_parameters([*params, CONFIG_OPTION] if config_file else params, drop=("config_file",))
+
+
+def with_parameters(extra: list[inspect.Parameter], *, drop: tuple[str, ...] = ()) -> Callable:
+    """Give a command the options ``extra`` (declared once, shared by several
+    commands) after its own parameters; its ``**kwargs`` receives them. The
+    values named in ``drop`` are not passed on."""
 
     def decorate(func: Callable) -> Callable:
         own = [p for p in inspect.signature(func).parameters.values() if p.kind is not p.VAR_KEYWORD]
-        params = [*own, *(_parameter(s, defaults.get(s.field)) for s in chosen)]
-        if config_file:
-            params.append(CONFIG_OPTION)
+        params = [*own, *extra]
 
         @functools.wraps(func)
         def command(**kwargs):
-            kwargs.pop("config_file", None)
+            for name in drop:
+                kwargs.pop(name, None)
             return func(**kwargs)
 
         command.__signature__ = inspect.Signature(params)

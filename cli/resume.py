@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-from click.core import ParameterSource
+import typer
 
 from synthfed.cli.errors import say
 from synthfed.config import ConfigError, TrainConfig
@@ -18,17 +17,19 @@ from synthfed.config import ConfigError, TrainConfig
 # Options that say where or how to resume, not what the run is. The others are
 # keyed by TrainConfig field (synthfed.cli.options).
 _NOT_CONFIG = {"resume", "out_dir", "config_file"}
-# Chosen by the user: typed, or written in the --config file.
-_CHOSEN = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
+# Chosen by the user: typed, or written in the --config file. By name: click's
+# ParameterSource, or that of typer's own copy of click (typer >= 0.26).
+_CHOSEN = ("COMMANDLINE", "DEFAULT_MAP")
 _PRIVACY_PLAN = ("epsilon", "delta")
 
 
-def _given(ctx: click.Context) -> list[click.Parameter]:
+def _given(ctx: typer.Context) -> list:
     """The options typed on the command line or set by --config (not defaults)."""
-    return [p for p in ctx.command.params if p.name in ctx.params and ctx.get_parameter_source(p.name) in _CHOSEN]
+    return [p for p in ctx.command.params
+            if p.name in ctx.params and getattr(ctx.get_parameter_source(p.name), "name", None) in _CHOSEN]
 
 
-def given_fields(ctx: click.Context) -> set[str]:
+def given_fields(ctx: typer.Context) -> set[str]:
     """``TrainConfig`` field names of the options typed on the command line or set by --config."""
     return {p.name for p in _given(ctx)} - _NOT_CONFIG
 
@@ -50,7 +51,7 @@ def _refuse_new_privacy_plan(name: str, given, planned) -> None:
     raise ConfigError(f"--{name} {given:g}: the run was planned {plan}; a resumed run keeps its privacy plan")
 
 
-def resumed_config(ctx: click.Context, run_dir: Path) -> TrainConfig:
+def resumed_config(ctx: typer.Context, run_dir: Path) -> TrainConfig:
     """The configuration of the run in ``run_dir``; the options given in
     ``ctx`` (a ``train`` context) that it ignores are named in a note."""
     from synthfed.checkpoint import read_run_file

@@ -76,10 +76,12 @@ def privacy_label(privacy: dict) -> str:
     strength = guarantee_strength(worst)
     if strength == "none":
         return NOT_DP
+    # Sampled at a Flower node: only that node's ledger is known there.
+    who = "each client" if privacy.get("ledger_of") is None else f"client {privacy['ledger_of']}, by its own ledger"
     if strength == "weak":
-        return (f"formally differentially private, but WEAK (each client: epsilon <= {worst:.4g} at its delta; "
+        return (f"formally differentially private, but WEAK ({who}: epsilon <= {worst:.4g} at its delta; "
                 f"epsilon > {MODERATE_MAX_EPSILON:g} gives little practical protection)")
-    return f"differentially private, {strength} (each client: epsilon <= {worst:.4g} at its delta)"
+    return f"differentially private, {strength} ({who}: epsilon <= {worst:.4g} at its delta)"
 
 
 def resolve_class_counts(mode: str, *, num_classes: int, class_names: tuple[str, ...], per_class: int,

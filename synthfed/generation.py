@@ -169,7 +169,8 @@ def _folder_privacy(path: Path, source: dict) -> tuple[dict, dict]:
 
 def _no_client(path: Path, info: dict, client: int) -> str:
     if info.get("engine") == "flower":
-        return f"run {path} ran on Flower: client {client}'s own model stays on its node ({info['flower']['run-name']})"
+        return (f"run {path} ran on Flower: client {client}'s own model stays on its node; sample it there with "
+                f"`synthfed flower generate --state-dir <its state dir> --run {info['flower']['run-name']} --out DATA`")
     return f"run {path} has no client {client}"
 
 

@@ -35,7 +35,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+    """``mode`` is set before the file appears under its name (0600 for keys)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,7 +45,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary output files
+        os.chmod(tmp, mode)  # mkstemp makes 0600; ordinary output files are 0644
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

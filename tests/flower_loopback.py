@@ -26,6 +26,7 @@ class LoopbackGrid:
         self.fail_rounds: dict[int, set[int]] = {}  # node id -> rounds whose train messages make it crash
         self.replies: list[Message] = []
         self.sent: list[Message] = []
+        self.waiting: dict[str, Message] = {}  # message id -> its reply, until pulled
 
     def get_node_ids(self):
         return [nid for nid in self.contexts if nid not in self.dead]
@@ -53,3 +54,15 @@ class LoopbackGrid:
                 self.replies.append(reply)
                 replies.append(reply)
         return replies
+
+    def push_messages(self, messages):
+        """Delivered at once; the replies wait to be pulled, as on a SuperLink."""
+        ids = []
+        for msg in messages:
+            for reply in self.send_and_receive([msg]):
+                self.waiting[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.waiting.pop(mid) for mid in list(message_ids) if mid in self.waiting]

@@ -1,12 +1,14 @@
 """The ClientApp: one institution's side of a synthfed run on Flower.
 
-It answers two kinds of message from the ServerApp:
+It answers three kinds of message from the ServerApp:
 
 - ``query``: load this node's data for the run's configuration and say what
   the server may know (client id, size, image shape, class names);
 - ``train``: train one round with ``NodeTrainer`` (FedAvg, local heads, DP-SGD
   with the ledger in node-local storage) or, for PFDM, make the one-time
-  forward-noised upload / train the private low-noise denoiser.
+  forward-noised upload / train the private low-noise denoiser;
+- ``query.deliver``: at the end of a personalized run, keep the run's final
+  shared weights in the node's state, for ``synthfed flower generate``.
 
 Node configuration (``flower-supernode --node-config``):
 
@@ -36,12 +38,15 @@ from flwr.common import ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from synthfed.config import TrainConfig
-from synthfed.flower.node import NodeError, NodeStore, NodeTrainer, describe, node_dataset
+from synthfed.flower.node import NodeError, NodeStore, NodeTrainer, describe, node_dataset, receive_final
 from synthfed.flower.records import (
+    DELIVER,
     content_to_fitins,
+    delivery_reply,
     description_content,
     fitres_content,
     parameters_to_state,
+    read_delivery,
     read_query,
     state_to_parameters,
 )
@@ -100,6 +105,19 @@ def query(msg: Message, context: Context) -> Message:
     return Message(description_content(describe(data, options["partition_id"])), reply_to=msg)
 
 
+@app.query(DELIVER)
+def deliver(msg: Message, context: Context) -> Message:
+    """The final shared weights of a personalized run: checked, then kept."""
+    d = read_delivery(msg.content)
+    options = _node_options(dict(context.node_config))
+    config = _config(d["config_json"], options)
+    data = _dataset(d["config_json"], options["partition_id"], options["data"])
+    stored = receive_final(config, data, NodeStore(options["state_dir"], d["run_name"]),
+                           client_id=options["partition_id"], server_round=d["round"], state=d["state"],
+                           ema=d["ema"], t0=d["t0"])
+    return Message(delivery_reply(stored), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     fitins = content_to_fitins(msg.content)
@@ -120,8 +138,8 @@ def train(msg: Message, context: Context) -> Message:
         x, y = trainer.upload()
         params = ndarrays_to_parameters([x.numpy(), y.numpy()])
         return Message(fitres_content(params, num_examples=int(x.shape[0]), metrics={}), reply_to=msg)
-    dtypes = {k: trainer.init[k].dtype for k in trainer.shared_keys}
-    shared, shared_ema = parameters_to_state(trainer.shared_keys, fitins.parameters, dtypes)
+    like = {k: trainer.init[k] for k in trainer.shared_keys}
+    shared, shared_ema = parameters_to_state(trainer.shared_keys, fitins.parameters, like)
     reply = trainer.train(server_round, shared, shared_ema)
     if reply is None:
         # Budget spent: zeros with weight 0 (SecAgg+ still needs a vector).

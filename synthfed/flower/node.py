@@ -9,6 +9,8 @@ leaves it, everything it must remember between rounds:
                                         the fingerprint of the node's data
         noise-key.json                  the node's secret noise key (mode 0600)
         local/round-0003.safetensors    the local (never shared) weights after round 3
+        shared/round-0005.safetensors   personalized runs, once finished: the run's final
+                                        shared weights, as the server delivered them
 
 A round is committed in that order (weights file, then ``node.json``, each
 atomically) *before* the reply leaves the node, so a node killed at any moment
@@ -17,6 +19,12 @@ A round that is asked for again with the same inputs (the server resumed
 after a crash) starts from the node's state before that round and uses the
 same key stream, so it is the same release: trained again, not counted twice.
 Asked with other inputs, it is a new release: fresh noise, counted.
+
+When a personalized run finishes, the server delivers its final shared
+weights (``receive_final``): stored atomically, then recorded in ``node.json``
+(``final``: round, PFDM's t0; ``spec``: the model), so that the node can
+sample its own model (``synthfed.flower.node_generation``). Receiving them
+spends nothing and changes no ledger.
 
 The training itself is ``synthfed.federated.simulation.client_round``: the
 exact call the in-process engine makes, so a Flower run reproduces it."""
@@ -30,13 +38,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from synthfed.config import TrainConfig
+from synthfed.config import PERSONALIZED_STRATEGIES, TrainConfig
 from synthfed.data import ImageDataset, load_source
 from synthfed.errors import SynthfedError
 from synthfed.federated.setup import build_strategy, initial_state, local_training, resolve_device, spec_from_shape
 from synthfed.federated.client import client_round
 from synthfed.io import write_bytes_atomic, write_json_atomic
-from synthfed.model.presets import ModelSpec
+from synthfed.model.presets import ModelSpec, build_unet
 from synthfed.privacy.ledger import ClientLedger, PrivacyLedger
 from synthfed.privacy.noise_keys import load_or_create_node_key
 
@@ -85,6 +93,8 @@ class NodeState:
     rounds: dict[int, int]  # round -> EMA step after it
     ledger: PrivacyLedger | None
     fingerprint: str = ""  # of the node's own data; private state, never sent
+    final: dict | None = None  # {"round", "t0"} of the final shared weights, once delivered
+    spec: dict | None = None  # the model's ModelSpec, recorded with them
 
 
 class NodeStore:
@@ -106,6 +116,8 @@ class NodeStore:
             rounds={int(r): int(s) for r, s in raw["rounds"].items()},
             ledger=None if raw.get("ledger") is None else PrivacyLedger.from_dict(raw["ledger"]),
             fingerprint=str(raw.get("fingerprint", "")),
+            final=raw.get("final"),
+            spec=raw.get("spec"),
         )
 
     def local_file(self, server_round: int) -> Path:
@@ -113,6 +125,20 @@ class NodeStore:
 
     def load_local(self, server_round: int) -> dict[str, torch.Tensor]:
         return load_file(str(self.local_file(server_round)))
+
+    def shared_file(self, server_round: int) -> Path:
+        return self.dir / "shared" / f"round-{server_round:04d}.safetensors"
+
+    def commit_final(self, state: NodeState, server_round: int, tensors: dict[str, torch.Tensor]) -> None:
+        """The final shared weights, then the commit point (``state.final``
+        names them); any other round's shared file removed last."""
+        path = self.shared_file(server_round)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+        self.commit_state(state)
+        for old in path.parent.glob("round-*.safetensors"):
+            if old != path:
+                old.unlink(missing_ok=True)
 
     def commit(self, state: NodeState, server_round: int, tensors: dict[str, torch.Tensor]) -> None:
         """Weights first, then the commit point; old rounds pruned last."""
@@ -133,7 +159,50 @@ class NodeStore:
             "rounds": {str(r): s for r, s in sorted(state.rounds.items())},
             "ledger": None if state.ledger is None else state.ledger.to_dict(),
             "fingerprint": state.fingerprint,
+            "final": state.final,
+            "spec": state.spec,
         })
+
+
+def shared_entries(config: TrainConfig, keys) -> list[str]:
+    """The entries whose final values the server delivers, sorted: the
+    strategy's shared ones (none for ``local``); PFDM: the whole shared denoiser."""
+    if config.strategy == "pfdm":
+        return sorted(keys)
+    strategy = build_strategy(config, config.num_clients, list(keys))
+    return sorted(k for k in keys if strategy.is_shared(k))
+
+
+def receive_final(config: TrainConfig, data: ImageDataset, store: NodeStore, *, client_id: int, server_round: int,
+                  state: dict[str, torch.Tensor], ema: dict[str, torch.Tensor], t0: int | None) -> int:
+    """Check and keep a personalized run's final shared weights (sent again
+    on a resume: stored again). Returns the round stored."""
+    saved = store.load()
+    if config.strategy not in PERSONALIZED_STRATEGIES:
+        raise NodeError(f"a {config.strategy} run has no personalized model: nothing to deliver")
+    if saved is None:
+        raise NodeError(f"this node holds no state for run {store.dir.name} (it trained no round of it)")
+    if saved.client_id != client_id or saved.config != config.to_dict():
+        raise NodeError(f"{store.dir} holds another run (other client id or configuration)")
+    if saved.fingerprint and saved.fingerprint != data.fingerprint():
+        raise NodeError(f"this node's data changed since {store.dir} started the run")
+    if config.strategy == "pfdm" and t0 is None:
+        raise NodeError("a PFDM delivery without the hand-off timestep t0")
+    if saved.rounds and max(saved.rounds) > server_round:
+        raise NodeError(f"the server says the run ended at round {server_round}, but this node trained round "
+                        f"{max(saved.rounds)}")
+    spec = spec_from_shape(config, data.image_shape, data.class_names)
+    model = build_unet(spec).state_dict()
+    keys = shared_entries(config, model)
+    tensors = {}
+    for prefix, part in (("model.", state), ("ema.", ema)):
+        if sorted(part) != keys or any(part[k].shape != model[k].shape for k in keys):
+            raise NodeError("the server's final weights are not this run's shared entries (other names or shapes)")
+        tensors.update({prefix + k: part[k].to(model[k].dtype) for k in keys})
+    saved.final = {"round": server_round, "t0": t0}
+    saved.spec = spec.to_dict()
+    store.commit_final(saved, server_round, tensors)
+    return server_round
 
 
 class NodeTrainer:
@@ -157,7 +226,7 @@ class NodeTrainer:
             return
         strategy = build_strategy(config, config.num_clients, list(self.init))
         self.plan = local_training(config, self.spec, strategy)
-        self.shared_keys = sorted(k for k in self.init if strategy.is_shared(k))
+        self.shared_keys = shared_entries(config, self.init)
         self.local_keys = sorted(set(self.init) - set(self.shared_keys))
         if config.private:
             from synthfed.privacy.training import PrivateTraining

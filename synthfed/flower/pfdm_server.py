@@ -45,4 +45,4 @@ def run_pfdm_flower(server, spec) -> dict:
     images, labels = pooled_uploads(server, t0=t0, min_clients=min(options.min_clients, config.num_clients))
     strategy = pfdm_strategy(config, config.num_clients, model=model, images=images, labels=labels, spec=spec, t0=t0,
                              device=resolve_device(config.device))
-    return server.run_loop(strategy, FlowerPFDMTransport(server, t0=t0), state, run_dir, spec)
+    return server.run_loop(strategy, FlowerPFDMTransport(server, t0=t0), state, run_dir, spec, t0=t0)

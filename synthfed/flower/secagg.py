@@ -62,7 +62,7 @@ class _RoundAdapter(LegacyStrategy):
         return None
 
 
-def fit_secagg(server, server_round: int, targets: dict[int, int], parameters: Parameters, keys, dtypes):
+def fit_secagg(server, server_round: int, targets: dict[int, int], parameters: Parameters, keys, like):
     options = server.options
     biggest = max((abs(a).max() for a in parameters_to_ndarrays(parameters) if a.size), default=0.0)
     if biggest >= options.secagg_clip:
@@ -94,7 +94,7 @@ def fit_secagg(server, server_round: int, targets: dict[int, int], parameters: P
     metrics = {cid_of[nid]: m for nid, num, m in adapter.replies if num > 0}
     results = []
     if adapter.average is not None and replied:
-        state, ema = parameters_to_state(keys, adapter.average, dtypes)
+        state, ema = parameters_to_state(keys, adapter.average, like)
         shared = dict(state)
         shared.update({f"ema::{k}": v for k, v in ema.items()})
         total = sum(num for _, num, _ in adapter.replies)

@@ -13,7 +13,13 @@ ledger or a local head; those stay on the nodes (``synthfed.flower.node``).
 
 Failures: a node that errors, dies or times out is a failed client of that
 round; the round still completes when at least min(min-clients, chosen) replied.
-Otherwise the run stops with its last complete round on disk (resume later)."""
+Otherwise the run stops with its last complete round on disk (resume later).
+
+At the end of a personalized run (fedper, fedrep, local, pfdm) every node
+that served it gets the final shared weights (``deliver_final``), so that it
+can sample its own model at home (``synthfed flower generate``). That costs
+no privacy budget (nothing comes back but the round stored) and changes
+nothing the run computed; a node that is down then is noted, not fatal."""
 
 from __future__ import annotations
 
@@ -27,11 +33,13 @@ from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from synthfed.checkpoint import latest_round_dir, load_round
-from synthfed.config import TrainConfig
+from synthfed.config import PERSONALIZED_STRATEGIES, TrainConfig
 from synthfed.federated.loop import RoundFailed, RoundLoop, ServerState  # noqa: F401  (RoundFailed: re-exported)
 from synthfed.federated.setup import build_strategy, initial_state, spec_from_shape
 from synthfed.flower.records import (
+    DELIVER_TYPE,
     content_to_fitres,
+    delivery_content,
     fitins_to_content,
     query_content,
     read_description,
@@ -44,11 +52,25 @@ from synthfed.run_info import RunInfo
 from synthfed.progress import Progress, TaskAdvanced, null_progress
 
 
+REPLY_POLL = 0.25  # seconds between asks for replies (Flower's send_and_receive waits 3 s between asks)
+
+
 def _replies_by_destination(grid: Grid, msgs: list[Message], timeout: float | None) -> dict[int, Message]:
     """Replies keyed by the node each message went to. Matched by message id:
-    an error reply for a dead node comes from the SuperLink, not from the node."""
-    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    an error reply for a dead node comes from the SuperLink, not from the node.
+    Asked for every REPLY_POLL s (one small request to the SuperLink each)."""
+    grid.push_messages(msgs)
     sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}  # ids are given on push
+    pending, replies = set(sent), []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending -= {r.metadata.reply_to_message_id for r in got}
+        if pending and deadline is not None and time.monotonic() >= deadline:
+            break
+        if pending:
+            time.sleep(REPLY_POLL)
     return {sent[r.metadata.reply_to_message_id]: r for r in replies}
 
 
@@ -166,16 +188,46 @@ class FlowerServer:
             ckpt = load_round(latest_round_dir(run_dir), spec, shared_keys=set(keys), local_keys=set())
             state.global_state = ckpt.global_state or state.global_state
             state.global_ema = ckpt.global_ema or state.global_ema
-        transport = FlowerTransport(self, keys=keys, dtypes={k: init[k].dtype for k in keys})
+        transport = FlowerTransport(self, keys=keys, like={k: init[k] for k in keys})
         return self.run_loop(strategy, transport, state, run_dir, spec)
 
-    def run_loop(self, strategy, transport, state: ServerState, run_dir: Path, spec) -> dict:
-        """The one round loop over this server's nodes."""
+    def run_loop(self, strategy, transport, state: ServerState, run_dir: Path, spec, *, t0: int | None = None) -> dict:
+        """The one round loop over this server's nodes, then (personalized runs)
+        the final shared weights to every node that served the run."""
         loop = RoundLoop(strategy=strategy, transport=transport, run_dir=run_dir, spec=spec,
                          num_clients=self.config.num_clients, seed=self.config.seed,
                          min_clients=self.options.min_clients, progress=self.progress)
         last_dir = loop.run(state, rounds=self.config.rounds)
+        self.deliver_final(state, t0=t0)
         return {"run_dir": str(run_dir), "last_round_dir": str(last_dir), "history": state.history}
+
+    def deliver_final(self, state: ServerState, *, t0: int | None = None) -> dict[int, str]:
+        """Send the final shared weights (and their EMA; PFDM: the shared
+        denoiser and t0; ``local``: none) to each node that served a finished
+        personalized run. Sent again when a finished run is resumed: the node
+        stores the same round again. Returns why each client did not store them."""
+        final = state.next_round - 1
+        if self.config.strategy not in PERSONALIZED_STRATEGIES or final < self.config.rounds or final < 1:
+            return {}
+        targets, failures = self.targets(sorted(self.nodes))
+        content = delivery_content(run_name=self.options.run_name, config_json=self.config_json, server_round=final,
+                                   state=state.global_state, ema=state.global_ema, t0=t0)
+        msgs = [Message(copy.deepcopy(content), dst_node_id=nid, message_type=DELIVER_TYPE)
+                for nid in targets.values()]
+        replies = _replies_by_destination(self.grid, msgs, self.options.round_timeout or None) if msgs else {}
+        for cid, nid in targets.items():
+            reply = replies.get(nid)
+            if reply is None:
+                failures[cid] = "no reply (timeout)"
+            elif reply.has_error():
+                failures[cid] = str(reply.error.reason)
+        for cid, why in sorted(failures.items()):
+            self.progress(Note(f"final weights of round {final}: client {cid} did not store them ({why}); it cannot "
+                               "sample its model until it does (resume the finished run to send them again)", "warning"))
+        stored = sorted(set(targets) - set(failures))
+        if stored:
+            self.progress(Note(f"final weights of round {final} stored by clients {', '.join(map(str, stored))}"))
+        return failures
 
     def open_run_dir(self, run_dir, spec, extra: dict | None = None) -> tuple[list[dict], int]:
         """(history, first round to run): a new run directory, or the one to resume."""

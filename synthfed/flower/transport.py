@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class FlowerTransport:
     server: "FlowerServer"
     keys: list[str]  # the shared entries, in the order they travel
-    dtypes: dict[str, torch.dtype]
+    like: dict[str, torch.Tensor]  # the shared entries' shapes and dtypes (the server's own model)
 
     def fit(self, server_round: int, chosen: list[int], shared: State) -> RoundOutcome:
         targets, failures = self.server.targets(chosen)
@@ -38,7 +38,7 @@ class FlowerTransport:
         if self.server.options.secagg:
             from synthfed.flower.secagg import fit_secagg
 
-            outcome = fit_secagg(self.server, server_round, targets, parameters, self.keys, self.dtypes)
+            outcome = fit_secagg(self.server, server_round, targets, parameters, self.keys, self.like)
         else:
             outcome = self._fit_plain(server_round, targets, parameters)
         outcome.failures = {**failures, **outcome.failures}
@@ -54,7 +54,7 @@ class FlowerTransport:
             if fitres.num_examples == 0:
                 outcome.failures[cid] = BUDGET_SPENT
                 continue
-            state, ema = parameters_to_state(self.keys, fitres.parameters, self.dtypes)
+            state, ema = parameters_to_state(self.keys, fitres.parameters, self.like)
             update = dict(state)
             update.update({f"ema::{k}": v for k, v in ema.items()})
             outcome.results.append(FitResult(client_id=cid, num_examples=fitres.num_examples, shared=update,

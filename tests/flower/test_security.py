@@ -1,0 +1,132 @@
+"""TLS material, node keys, the node's app guard and the CLI's rules for leaving loopback.
+
+The deployment tests (test_flower_deployment.py) run these against real
+processes; here each piece is checked on its own, fast."""
+
+from __future__ import annotations
+
+import ssl
+import stat
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from synthfed.cli.app import app, register_subcommands  # noqa: E402
+from synthfed.errors import InputError  # noqa: E402
+from synthfed.flower.certs import is_loopback, make_federation  # noqa: E402
+from synthfed.flower.warm_exec import ALLOWED_CLIENTAPP, ForeignAppError, check_fab  # noqa: E402
+
+runner = CliRunner()
+register_subcommands()
+
+
+def test_federation_files_form_a_chain_a_tls_client_accepts(tmp_path):
+    # Execute
+    files = make_federation(tmp_path / "fed", nodes=2, hosts=["fl.example.org", "10.1.2.3"])
+    # Assert: the server certificate verifies against the CA (by Python's own TLS stack), names the hosts
+    ctx = ssl.create_default_context(cafile=str(files.ca_cert))
+    ctx.load_verify_locations(cafile=str(files.ca_cert))
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(san.get_values_for_type(x509.DNSName)) | {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert {"fl.example.org", "10.1.2.3", "localhost", "127.0.0.1"} <= names
+    # Node keys: Flower's formats, P-384, private keys 0600, public key matches the private one
+    for i in range(2):
+        private = load_ssh_private_key(files.node_key(i).read_bytes(), None)
+        public = load_ssh_public_key(files.node_public_key(i).read_bytes())
+        assert private.curve.name == "secp384r1" and private.public_key().public_numbers() == public.public_numbers()
+        assert stat.S_IMODE(files.node_key(i).stat().st_mode) == 0o600
+    assert stat.S_IMODE(files.ca_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+    assert files.node_public_keys() == [files.node_public_key(0), files.node_public_key(1)]
+
+
+def test_a_second_federation_never_overwrites_keys(tmp_path):
+    files = make_federation(tmp_path / "fed", nodes=1)
+    before = files.node_key(0).read_bytes()
+    with pytest.raises(InputError, match="already holds keys"):
+        make_federation(tmp_path / "fed", nodes=1)
+    assert files.node_key(0).read_bytes() == before
+
+
+@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("127.8.9.1", True), ("localhost", True), ("::1", True),
+                                       ("[::1]", True), ("0.0.0.0", False), ("10.0.0.5", False),
+                                       ("fl.example.org", False)])
+def test_loopback_is_only_this_machine(host, loop):
+    assert is_loopback(host) is loop
+
+
+def _fab(tmp_path, clientapp=ALLOWED_CLIENTAPP, extra: dict | None = None):
+    app_dir = tmp_path / "fab"
+    app_dir.mkdir()
+    (app_dir / "pyproject.toml").write_text(
+        f'[tool.flwr.app.components]\nserverapp = "synthfed.flower.server_app:app"\nclientapp = "{clientapp}"\n')
+    for name, text in (extra or {}).items():
+        (app_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (app_dir / name).write_text(text)
+    return app_dir
+
+
+def test_the_node_runs_synthfeds_app_bundle(tmp_path):
+    check_fab(_fab(tmp_path))  # no error
+
+
+@pytest.mark.parametrize("clientapp,extra", [
+    ("evil:app", {"evil.py": "import os; os.system('cat /secret')"}),  # another ClientApp, shipped in the FAB
+    ("evil.client:app", {}),  # another ClientApp, installed somewhere
+    (ALLOWED_CLIENTAPP, {"synthfed/flower/client_app.py": "app = None"}),  # shadows synthfed's module
+    (ALLOWED_CLIENTAPP, {"opacus.py": "raise SystemExit"}),  # shadows a lazily imported dependency
+    (ALLOWED_CLIENTAPP, {"sitecustom.pth": "import evil"}),
+])
+def test_an_attackers_app_bundle_is_refused_before_import(tmp_path, clientapp, extra):
+    # The attacker's side: Flower's Control API lets whoever reaches it submit a run with any app
+    with pytest.raises(ForeignAppError):
+        check_fab(_fab(tmp_path, clientapp, extra))
+
+
+def test_serve_outside_loopback_needs_tls_and_node_keys_or_an_explicit_insecure(tmp_path):
+    files = make_federation(tmp_path / "fed", nodes=1)
+    tls = ["--ssl-ca-certfile", str(files.ca_cert), "--ssl-certfile", str(files.server_cert),
+           "--ssl-keyfile", str(files.server_key)]
+    # No certificates on 0.0.0.0: refused, one line
+    res = runner.invoke(app, ["flower", "serve", "--host", "0.0.0.0"])
+    assert res.exit_code == 2 and "--insecure" in res.output
+    # TLS without an allow-list: refused (TLS comes with node authentication)
+    res = runner.invoke(app, ["flower", "serve", "--host", "0.0.0.0", *tls])
+    assert res.exit_code == 2 and "--node-public-key" in res.output
+    # Half the TLS files: refused
+    res = runner.invoke(app, ["flower", "serve", "--host", "0.0.0.0", *tls[:2], "--node-public-key", str(tmp_path)])
+    assert res.exit_code == 2 and "all three" in res.output
+    # --insecure with certificates: contradictory
+    res = runner.invoke(app, ["flower", "serve", "--host", "0.0.0.0", "--insecure", *tls])
+    assert res.exit_code == 2
+
+
+def test_node_to_another_machine_needs_the_ca_and_its_key_or_an_explicit_insecure(tmp_path):
+    base = ["flower", "node", "--partition-id", "0", "--state-dir", str(tmp_path / "s"),
+            "--superlink", "fl.example.org:9093"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 2 and "--root-certificates" in res.output
+    files = make_federation(tmp_path / "fed", nodes=1)
+    res = runner.invoke(app, [*base, "--root-certificates", str(files.ca_cert)])
+    assert res.exit_code == 2 and "--auth-key" in res.output
+    res = runner.invoke(app, [*base, "--root-certificates", str(tmp_path / "missing.crt"),
+                              "--auth-key", str(files.node_key(0))])
+    assert res.exit_code != 0 and "no such file" in res.output
+
+
+def test_certs_command_makes_a_federation(tmp_path):
+    res = runner.invoke(app, ["flower", "certs", "--out", str(tmp_path / "fed"), "--nodes", "3",
+                              "--host", "fl.example.org"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "fed" / "nodes").iterdir()) == [
+        "node-0.key", "node-0.pub", "node-1.key", "node-1.pub", "node-2.key", "node-2.pub"]
+    res = runner.invoke(app, ["flower", "certs", "--out", str(tmp_path / "fed"), "--nodes", "1"])
+    assert res.exit_code != 0 and "already holds keys" in res.output
