@@ -15,6 +15,7 @@ simulation's (bit for bit without SecAgg+).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +28,17 @@ from synthfed.flower.deploy import Deployment, write_app
 from synthfed.flower.run_config import FlowerOptions, to_run_config
 from synthfed.training import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from shared_keys import give_nodes_simulation_keys  # noqa: E402
+
 EMA = "global/ema/diffusion_pytorch_model.safetensors"
 
 
-def flower_run(root: Path, config: TrainConfig, *, secagg: bool, warm: bool = True) -> tuple[float, Path]:
+def flower_run(root: Path, config: TrainConfig, sim_run: Path, *, secagg: bool, warm: bool = True) -> tuple[float, Path]:
     options = FlowerOptions(run_dir=str(root / "server"), run_name="bench", secagg=secagg)
+    # The nodes hold the simulation's secret noise keys (as restoring its backup would), so the
+    # weights can be compared bit for bit; with keys of their own the noise differs, as it should.
+    give_nodes_simulation_keys(sim_run, {cid: root / f"node{cid}" / "bench" for cid in range(config.num_clients)})
     deployment = Deployment.with_local_federation(root / "flower", nodes=config.num_clients)
     deployment.warm = warm
     with deployment:
@@ -71,12 +78,12 @@ def main() -> None:
         sim_s = time.perf_counter() - start
         rows = [("simulation (in-process)", sim_s, 0.0)]
         if not args.no_cold:
-            seconds, last = flower_run(tmp / "cold", config, secagg=False, warm=False)
+            seconds, last = flower_run(tmp / "cold", config, tmp / "sim", secagg=False, warm=False)
             rows.append(("Flower TLS, Flower's executor", seconds, max_diff(sim.last_round_dir, last)))
-        seconds, last = flower_run(tmp / "plain", config, secagg=False)
+        seconds, last = flower_run(tmp / "plain", config, tmp / "sim", secagg=False)
         rows.append(("Flower TLS, warm executor", seconds, max_diff(sim.last_round_dir, last)))
         if not args.no_secagg:
-            seconds, last = flower_run(tmp / "secagg", config, secagg=True)
+            seconds, last = flower_run(tmp / "secagg", config, tmp / "sim", secagg=True)
             rows.append(("Flower TLS, warm executor, SecAgg+", seconds, max_diff(sim.last_round_dir, last)))
     print(f"{args.preset} preset, {args.clients} clients, {args.rounds} rounds, digits {args.image_size}x{args.image_size}")
     print(f"{'engine':38s} {'s/round':>8s} {'x sim':>7s} {'max |w - w_sim|':>16s}")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -116,6 +117,8 @@ def run(
         err.print(f"SuperLink on {address} (TLS, {len(deployment.registered)} nodes allowed); logs in {deployment.logs}")
         for cid in range(config.num_clients):
             deployment.start_node(cid, state_dir=state_dir / f"node-{cid}", threads=threads)
+        # The server addresses only the nodes whose keys we registered
+        options = dataclasses.replace(options, allowed_nodes=" ".join(deployment.registered))
         app_dir = write_app(root / "app", to_run_config(config, options))
         status = deployment.run(app_dir, on_line=lambda line: err.print(line, markup=False, highlight=False))
     if status.get("status") != "finished:completed":
@@ -133,6 +136,8 @@ def app_command(
     secagg: bool = typer.Option(False, "--secagg", help="Average with SecAgg+."),
     min_clients: int = typer.Option(1, help="Minimum replies per round."),
     round_timeout: float = typer.Option(0.0, help="Seconds to wait for a round's replies (0: no limit)."),
+    allowed_nodes: Optional[Path] = typer.Option(None, help="The file `flower serve` wrote (allowed-nodes.txt): "
+                                                            "the server addresses only those nodes."),
 ) -> None:
     """Write a Flower app directory for `flwr run APP_DIR <superlink>` with synthfed train's options."""
     from synthfed.flower.deploy import write_app
@@ -140,6 +145,11 @@ def app_command(
 
     config = _train_options("synthfed flower app", ctx.args)
     options = _options(out_dir, run_name, secagg, min_clients, round_timeout, False, config)
+    if allowed_nodes is not None:
+        if not allowed_nodes.is_file():
+            raise InputError(f"--allowed-nodes {allowed_nodes}: no such file")
+        ids = " ".join(line.split()[0] for line in allowed_nodes.read_text().splitlines() if line.strip())
+        options = dataclasses.replace(options, allowed_nodes=ids).validate(config)
     write_app(app_dir, to_run_config(config, options))
     out.print(f"wrote {app_dir / 'pyproject.toml'}")
 
@@ -168,8 +178,11 @@ def serve(
         address = deployment.start_superlink(port=port, host=host)
         mode = f"TLS, {len(deployment.registered)} nodes allowed" if deployment.secure else "insecure"
         out.print(f"SuperLink on {host}:{port} ({mode}). Runs: FLWR_HOME={deployment.home} flwr run APP_DIR synthfed")
-        for node_id, key in deployment.registered.items():
-            out.print(f"  node {node_id}: {key}")
+        if deployment.registered:
+            allowed = deployment.root / "allowed-nodes.txt"
+            allowed.write_text("".join(f"{node_id} {key}\n" for node_id, key in deployment.registered.items()))
+            out.print(f"allowed nodes (Flower node id, public key) in {allowed}: give it to "
+                      "synthfed flower app --allowed-nodes")
         deployment.superlink.wait()
     except KeyboardInterrupt:
         pass

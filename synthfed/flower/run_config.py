@@ -13,7 +13,10 @@
 - ``round-timeout``: seconds to wait for a round's replies (0: no limit);
 - ``node-wait``: seconds to wait for ``clients`` nodes at the start;
 - ``secagg``: average with Flower's SecAgg+ so the server sees only the sum;
-  ``secagg-shares``, ``secagg-threshold``, ``secagg-clip`` tune it."""
+  ``secagg-shares``, ``secagg-threshold``, ``secagg-clip`` tune it;
+- ``allowed-nodes``: the Flower node ids (space-separated) the server may
+  address, those whose keys the operator registered; other nodes get no
+  message, whoever registered them (empty: every node)."""
 
 from __future__ import annotations
 
@@ -40,6 +43,11 @@ class FlowerOptions:
     secagg_shares: float = 1.0  # a fraction of the round's clients, or a count
     secagg_threshold: float = 0.5
     secagg_clip: float = 8.0
+    allowed_nodes: str = ""  # space-separated Flower node ids; "" = any registered node
+
+    @property
+    def allowed_node_ids(self) -> set[int] | None:
+        return {int(n) for n in self.allowed_nodes.split()} if self.allowed_nodes.strip() else None
 
     def validate(self, config: TrainConfig) -> "FlowerOptions":
         if not self.run_dir:
@@ -48,6 +56,8 @@ class FlowerOptions:
             raise ConfigError(f"run-name {self.run_name!r} must be a plain folder name")
         if self.min_clients < 1:
             raise ConfigError("min-clients must be at least 1")
+        if any(not n.isdigit() for n in self.allowed_nodes.split()):
+            raise ConfigError(f"allowed-nodes must be Flower node ids separated by spaces, not {self.allowed_nodes!r}")
         if self.round_timeout < 0 or self.node_wait <= 0:
             raise ConfigError("round-timeout must be >= 0 and node-wait > 0")
         if config.strategy == "centralized":
@@ -102,6 +112,8 @@ def from_run_config(run_config: dict) -> tuple[TrainConfig, FlowerOptions]:
     for key in ("resume", "secagg"):
         if key in flower:
             flower[key] = str(flower[key]).lower() in ("1", "true", "yes") if isinstance(flower[key], str) else bool(flower[key])
+    if "allowed_nodes" in flower:
+        flower["allowed_nodes"] = str(flower["allowed_nodes"])
     if "min_clients" in flower:
         flower["min_clients"] = int(flower["min_clients"])
     for key in ("round_timeout", "node_wait", "secagg_shares", "secagg_threshold", "secagg_clip"):

@@ -109,7 +109,11 @@ class FlowerServer:
             self.described[cid] = d
 
     def _live(self) -> set[int]:
-        return set(self.grid.get_node_ids())
+        """Connected nodes this server may address: with ``allowed-nodes``, only
+        those (Flower's Control API lets anyone who reaches it register a node)."""
+        live = set(self.grid.get_node_ids())
+        allowed = self.options.allowed_node_ids
+        return live if allowed is None else live & allowed
 
     def connect(self) -> None:
         """Wait for ``clients`` nodes (or ``node-wait`` seconds), then query them."""

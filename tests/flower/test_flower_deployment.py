@@ -59,9 +59,14 @@ def _node(tmp_path, cid):
 
 
 @pytest.mark.timeout(420)
-def test_superlink_and_two_supernodes_reproduce_the_simulation(tmp_path):
-    # Prepare
-    config = TrainConfig(**TINY, rounds=2).validate()
+def test_superlink_and_two_supernodes_reproduce_the_simulation_and_each_node_samples_its_own_model(tmp_path):
+    # Prepare: a personalized run (FedPer: shared backbone, local heads) with DP-SGD
+    from typer.testing import CliRunner
+
+    from synthfed.cli.app import app, register_subcommands
+    from synthfed.privacy.ledger import PrivacyLedger
+
+    config = TrainConfig(**TINY, rounds=2, strategy="fedper").validate()
     sim = train(config, tmp_path / "sim")
     give_nodes_simulation_keys(tmp_path / "sim", {cid: tmp_path / f"node{cid}" / "demo" for cid in range(2)})
     deployment, app_dir = _start(tmp_path, config)
@@ -73,16 +78,26 @@ def test_superlink_and_two_supernodes_reproduce_the_simulation(tmp_path):
             trees.extend(process_tree(pid))
     finally:
         deployment.stop()
-    # Assert: completed, the simulation's weights bit for bit, the simulation's ledgers, nothing left running
+    register_subcommands()
+    sampled = CliRunner().invoke(app, ["flower", "generate", "--state-dir", str(tmp_path / "node1"), "--run", "demo",
+                                       "--out", str(tmp_path / "node1-data"), "--per-class", "1", "--steps", "2"])
+    # Assert: completed, the simulation's shared weights bit for bit, the simulation's ledgers, nothing left running
     assert status["status"] == "finished:completed", status
     last = tmp_path / "server" / "rounds" / "round-0002" / "global" / "ema" / "diffusion_pytorch_model.safetensors"
     a = load_file(str(sim.last_round_dir / "global" / "ema" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(last))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(b) and all(torch.equal(a[k], b[k]) for k in b)
     sim_ledger = json.loads((sim.last_round_dir / "ledger.json").read_text())["clients"]
     for cid in range(2):
         assert _node(tmp_path, cid)["ledger"]["clients"][str(cid)] == sim_ledger[str(cid)]
     assert _all_stopped(deployment, trees) == []
+    # ... and node 1 sampled its own model at home, its card stating node 1's epsilon from its ledger
+    assert sampled.exit_code == 0, sampled.output
+    card = json.loads((tmp_path / "node1-data" / "card.json").read_text())
+    ledger = PrivacyLedger.from_dict(_node(tmp_path, 1)["ledger"]).table()
+    assert [r["client"] for r in card["privacy"]["clients"]] == ["1"]
+    assert card["privacy"]["clients"][0]["eps_upper"] == ledger[0]["eps_upper"] <= 8.0
+    assert len(list((tmp_path / "node1-data" / "images").glob("*.png"))) == 10
 
 
 @pytest.mark.timeout(480)
@@ -275,3 +290,44 @@ def test_a_foreign_app_submitted_to_the_superlink_never_runs_on_a_node(tmp_path,
         assert "refused by synthfed's node" in (deployment.logs / "node-0-exec.log").read_text()
     else:
         assert marker.exists() and report.read_text() == "ok"
+
+
+@pytest.mark.timeout(300)
+def test_a_node_registered_through_the_open_control_api_gets_no_message(tmp_path):
+    """The attacker registers a key of their own (Flower's Control API takes it
+    from anyone who reaches the port) and joins as client 1 with their own data.
+    The server addresses only the nodes the operator registered."""
+    import dataclasses
+
+    config = TrainConfig(**TINY, rounds=1).validate()
+    deployment = Deployment.with_local_federation(tmp_path / "flower", nodes=2)
+    mallory = make_federation(tmp_path / "mallory", nodes=1)
+    try:
+        deployment.start_superlink()
+        operators = " ".join(deployment.registered)
+        mallory_id = deployment.register_node(mallory.node_public_key(0))
+        # Mallory's node claims partition 1, as if it were the operator's client 1
+        deployment.start_node(1, state_dir=tmp_path / "mallory-state", auth_key=mallory.node_key(0))
+        deployment.nodes[7] = deployment.nodes.pop(1)  # kept to be stopped with the rest
+        deployment.executors[7] = deployment.executors.pop(1)
+        for log in ("node-1.log", "node-1-exec.log"):  # its processes keep writing to the renamed files
+            os.rename(deployment.logs / log, deployment.logs / log.replace("node-1", "mallory"))
+        deadline = time.monotonic() + 60
+        while mallory_id not in _online_nodes(deployment) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert mallory_id in _online_nodes(deployment), "the attacker's node never came online"
+        for cid in range(2):
+            deployment.start_node(cid, state_dir=tmp_path / f"node{cid}", threads=1)
+        options = FlowerOptions(run_dir=str(tmp_path / "server"), run_name="demo", node_wait=60,
+                                allowed_nodes=operators)
+        status = deployment.run(write_app(tmp_path / "app", to_run_config(config, options)), timeout=240)
+    finally:
+        deployment.stop()
+    # Assert: the run completed with the operator's nodes; the attacker's node never got a message
+    assert status["status"] == "finished:completed", status
+    history = json.loads((tmp_path / "server" / "rounds" / "round-0001" / "state.json").read_text())["history"]
+    assert history[0]["replied"] == [0, 1]
+    assert not (tmp_path / "mallory-state").exists() or not any((tmp_path / "mallory-state").rglob("node.json"))
+    assert "Receiving" not in (deployment.logs / "mallory.log").read_text()
+    assert "ClientApp" not in (deployment.logs / "mallory-exec.log").read_text()
+    assert dataclasses.replace(options).allowed_node_ids == {int(n) for n in operators.split()}
