@@ -33,8 +33,8 @@ class LoopbackGrid:
 
     def _deliver(self, msg: Message) -> Message | None:
         nid = msg.metadata.dst_node_id
-        if nid in self.dead:
-            return None
+        if nid in self.dead:  # the SuperLink answers for a node it marked offline
+            return Message(Error(code=5, reason="node unavailable (offline)"), reply_to=msg)
         try:
             fitins = msg.content.config_records.get("fitins.config")
             if fitins is not None and int(fitins["round"]) in self.fail_rounds.get(nid, ()):

@@ -148,20 +148,24 @@ class FlowerServer:
 
     def train(self, targets: dict[int, int], fitins) -> tuple[dict[int, object], dict[int, str]]:
         """Send the same train instruction to every target: (FitRes by client, failures)."""
-        content = fitins_to_content(fitins)
-        msgs = [Message(copy.deepcopy(content), dst_node_id=nid, message_type=MessageType.TRAIN)
+        ok, failures = self.ask(targets, fitins_to_content(fitins), MessageType.TRAIN)
+        return {cid: content_to_fitres(reply.content) for cid, reply in ok.items()}, failures
+
+    def ask(self, targets: dict[int, int], content, message_type: str) -> tuple[dict[int, Message], dict[int, str]]:
+        """The same content to every target node (a copy each, as over the wire):
+        (replies by client, why each other client failed)."""
+        msgs = [Message(copy.deepcopy(content), dst_node_id=nid, message_type=message_type)
                 for nid in targets.values()]
-        by_node = {nid: cid for cid, nid in targets.items()}
-        replies = _replies_by_destination(self.grid, msgs, self.options.round_timeout or None)
+        replies = _replies_by_destination(self.grid, msgs, self.options.round_timeout or None) if msgs else {}
         ok, failures = {}, {}
-        for nid, cid in by_node.items():
+        for cid, nid in targets.items():
             reply = replies.get(nid)
             if reply is None:
                 failures[cid] = "no reply (timeout)"
             elif reply.has_error():
                 failures[cid] = str(reply.error.reason)
             else:
-                ok[cid] = content_to_fitres(reply.content)
+                ok[cid] = reply
         return ok, failures
 
     # -- the run ---------------------------------------------------------------
@@ -216,15 +220,7 @@ class FlowerServer:
         targets, failures = self.targets(sorted(self.nodes))
         content = delivery_content(run_name=self.options.run_name, config_json=self.config_json, server_round=final,
                                    state=state.global_state, ema=state.global_ema, t0=t0)
-        msgs = [Message(copy.deepcopy(content), dst_node_id=nid, message_type=DELIVER_TYPE)
-                for nid in targets.values()]
-        replies = _replies_by_destination(self.grid, msgs, self.options.round_timeout or None) if msgs else {}
-        for cid, nid in targets.items():
-            reply = replies.get(nid)
-            if reply is None:
-                failures[cid] = "no reply (timeout)"
-            elif reply.has_error():
-                failures[cid] = str(reply.error.reason)
+        failures.update(self.ask(targets, content, DELIVER_TYPE)[1])
         for cid, why in sorted(failures.items()):
             self.progress(Note(f"final weights of round {final}: client {cid} did not store them ({why}); it cannot "
                                "sample its model until it does (resume the finished run to send them again)", "warning"))
