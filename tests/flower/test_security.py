@@ -130,3 +130,49 @@ def test_certs_command_makes_a_federation(tmp_path):
         "node-0.key", "node-0.pub", "node-1.key", "node-1.pub", "node-2.key", "node-2.pub"]
     res = runner.invoke(app, ["flower", "certs", "--out", str(tmp_path / "fed"), "--nodes", "1"])
     assert res.exit_code != 0 and "already holds keys" in res.output
+
+
+def _commands(monkeypatch, tmp_path, *, warm: bool, supported: bool, heartbeat=None):
+    """The commands Deployment.start_node would run (nothing is started)."""
+    import synthfed.flower.warm_exec as warm_exec
+    from synthfed.flower.deploy import Deployment
+
+    started: list[list[str]] = []
+
+    class Fake:
+        pid = 4242
+
+    monkeypatch.setattr(warm_exec, "warm_exec_supported", lambda: supported)
+    deployment = Deployment(tmp_path / "d", warm=warm, heartbeat=heartbeat)
+    monkeypatch.setattr(deployment, "_spawn", lambda args, log: started.append(args) or Fake())
+    deployment.start_node(0, state_dir=tmp_path / "s")
+    return started
+
+
+def test_nodes_run_synthfeds_executor_and_fall_back_to_flowers_where_it_cannot(monkeypatch, tmp_path):
+    warm = _commands(monkeypatch, tmp_path, warm=True, supported=True)
+    assert len(warm) == 2 and warm[0][warm[0].index("--isolation") + 1] == "process"
+    assert warm[1][1:3] == ["-m", "synthfed.flower.warm_exec"] and "4242" in warm[1]  # dies with its node
+    cold = _commands(monkeypatch, tmp_path, warm=True, supported=False)  # a Flower without the internals
+    assert len(cold) == 1 and cold[0][cold[0].index("--isolation") + 1] == "subprocess"
+    assert _commands(monkeypatch, tmp_path, warm=False, supported=True)[0][-1].startswith("partition-id=0")
+    beat = _commands(monkeypatch, tmp_path, warm=False, supported=True, heartbeat=12.0)[0]
+    assert beat[1:6] == ["-m", "synthfed.flower.supernode", "--heartbeat", "12.0", "--"]
+
+
+def test_the_heartbeat_reaches_flowers_supernode_modules():
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\n"
+            "sys.argv = ['supernode', '--heartbeat', '12', '--', '--help']\n"
+            "try:\n    runpy.run_module('synthfed.flower.supernode', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "import flwr.supernode.fleet_http_connection as f, flwr.supercore.heartbeat as h\n"
+            "print(f.HEARTBEAT_DEFAULT_INTERVAL, h.HEARTBEAT_DEFAULT_INTERVAL)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-2:] == ["12.0", "12.0"], out.stdout[-500:] + out.stderr[-500:]
+    from synthfed.flower.supernode import check_heartbeat
+
+    with pytest.raises(ValueError, match="between 10 and 1800"):
+        check_heartbeat(5)
