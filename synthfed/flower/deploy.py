@@ -198,12 +198,17 @@ class Deployment:
         """TLS and node authentication with a CA and keys made for this
         deployment alone (``root/certs``, replaced at each start: a one-machine
         federation's keys live as long as it does)."""
+        from synthfed.errors import InputError
         from synthfed.flower.certs import make_federation
 
         certs = Path(root) / "certs"
+        marker = certs / ".synthfed-local-federation"
         if certs.exists():
+            if not marker.exists():  # not ours: never delete what we did not make
+                raise InputError(f"{certs} exists and was not made by synthfed flower run; choose another --work-dir")
             shutil.rmtree(certs)
         files = make_federation(certs, nodes=nodes)
+        marker.write_text("made by synthfed flower run for one deployment; replaced at its next start\n")
         return cls(Path(root), ca_cert=files.ca_cert, server_cert=files.server_cert, server_key=files.server_key,
                    node_keys=files.node_public_keys(), node_auth_keys={i: files.node_key(i) for i in range(nodes)})
 

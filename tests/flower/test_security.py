@@ -176,3 +176,17 @@ def test_the_heartbeat_reaches_flowers_supernode_modules():
 
     with pytest.raises(ValueError, match="between 10 and 1800"):
         check_heartbeat(5)
+
+
+def test_a_local_federation_replaces_only_its_own_keys(tmp_path):
+    from synthfed.flower.deploy import Deployment
+
+    first = Deployment.with_local_federation(tmp_path / "w", nodes=1)
+    key = first.node_auth_keys[0].read_bytes()
+    second = Deployment.with_local_federation(tmp_path / "w", nodes=1)  # a new start: new keys
+    assert second.node_auth_keys[0].read_bytes() != key
+    (tmp_path / "mine" / "certs").mkdir(parents=True)
+    (tmp_path / "mine" / "certs" / "hospital-ca.key").write_text("precious")
+    with pytest.raises(InputError, match="not made by synthfed"):
+        Deployment.with_local_federation(tmp_path / "mine", nodes=1)
+    assert (tmp_path / "mine" / "certs" / "hospital-ca.key").read_text() == "precious"
